@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 TAPS = "taps"
 PERTURBATIONS = "perturbations"
@@ -45,11 +46,48 @@ def conv(module: nn.Module, y, features: int, kernel, name: str, *, strides=1,
   return tap(module, name, y)
 
 
+class BatchNorm(nn.Module):
+  """Keras BatchNormalization, arithmetic included.
+
+  Statistics and normalisation run in float32 whatever the compute dtype (as Keras does), the
+  batch variance is the two-pass `jnp.var`, the moving statistics update as
+  `moving * momentum + batch * (1 - momentum)`, and the output is `x * inv + (beta - mean *
+  inv)` with `inv = gamma / sqrt(var + epsilon)`, so that training-mode outputs match Keras
+  to rounding. Variables use flax's names: params scale/bias, batch_stats mean/var.
+  """
+
+  epsilon: float
+  use_scale: bool = True
+  momentum: float = 0.99
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = x.shape[-1]
+    f32 = jnp.float32
+    scale = self.param("scale", nn.initializers.ones, (c,), f32) if self.use_scale else None
+    bias = self.param("bias", nn.initializers.zeros, (c,), f32)
+    moving_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), f32))
+    moving_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), f32))
+    x = x.astype(f32)
+    if train:
+      mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))
+      if not self.is_initializing():
+        m = self.momentum
+        moving_mean.value = moving_mean.value * m + mean * (1.0 - m)
+        moving_var.value = moving_var.value * m + var * (1.0 - m)
+    else:
+      mean, var = moving_mean.value, moving_var.value
+    inv = lax.rsqrt(var + self.epsilon)
+    if scale is not None:
+      inv = inv * scale
+    return (x * inv + (bias - mean * inv)).astype(self.dtype)
+
+
 def batch_norm(module: nn.Module, y, name: str, *, train: bool, epsilon: float,
                use_scale: bool = True, dtype: Any = jnp.float32):
-  """Keras BatchNormalization: momentum 0.99, explicit epsilon, exact (two-pass) variance."""
-  y = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon,
-                   use_scale=use_scale, use_fast_variance=False, dtype=dtype, name=name)(y)
+  """Keras BatchNormalization (momentum 0.99, explicit epsilon) followed by its tap."""
+  y = BatchNorm(epsilon=epsilon, use_scale=use_scale, dtype=dtype, name=name)(y, train)
   return tap(module, name, y)
 
 

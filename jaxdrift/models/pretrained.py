@@ -14,6 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
+import flax.linen as nn
 import jax
 
 from jaxdrift.models import registry
@@ -108,14 +109,17 @@ def pretrained(arch: str, num_classes: int, weights="imagenet", *, key, input_si
 
   model = create(arch, num_classes=num_classes)
   size = input_size or registry.spec(arch).input_size
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jax.numpy.float32)
-  variables = jax.jit(lambda key: model.init(key, x, train=False))(key)
+  x = jax.numpy.zeros((1, size, size, 3), jax.numpy.float32)
   if isinstance(weights, str) and weights == "none":
-    return variables
+    return jax.jit(lambda key: model.init(key, x, train=False))(key)
   path = fetch_weights(arch) if isinstance(weights, str) and weights == "imagenet" else weights
   file_backbone = {p: a for p, a in keras_to_flat(read_keras_h5(path), arch).items()
                    if p[1] != "predictions"}
-  current = flatten_tree(variables)
-  backbone = unflatten_tree({p: v for p, v in current.items() if p[1] != "predictions"})
+  shapes = flatten_tree(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+  backbone = unflatten_tree({p: s for p, s in shapes.items() if p[1] != "predictions"})
   loaded = flatten_tree(strict_merge(backbone, file_backbone, source=os.fspath(path)))
-  return unflatten_tree({**current, **loaded})
+  # The head exactly as model.init would make it (flax Dense defaults), without tracing the
+  # whole backbone again.
+  features = shapes["params", "predictions", "kernel"].shape[0]
+  head = nn.Dense(num_classes).init(key, jax.numpy.zeros((1, features)))["params"]
+  return unflatten_tree({**loaded, **{("params", "predictions", k): v for k, v in head.items()}})

@@ -36,14 +36,14 @@ class ResNetV2(nn.Module):
   pooling: str | None = None
   dtype: Any = jnp.float32
 
-  def _block(self, x, filters, name, *, train, stride=1, conv_shortcut=False):
+  def _block(self, x, filters, name, *, train, stride=1, conv_shortcut=False, pool_name=""):
     bn = functools.partial(L.batch_norm, self, train=train, epsilon=_EPS, dtype=self.dtype)
     conv = functools.partial(L.conv, self, dtype=self.dtype)
     preact = L.relu(self, bn(x, f"{name}_preact_bn"), f"{name}_preact_relu")
     if conv_shortcut:
       shortcut = conv(preact, 4 * filters, 1, f"{name}_0_conv", strides=stride)
-    elif stride > 1:
-      shortcut = x[:, ::stride, ::stride, :]  # Keras: MaxPooling2D(1, strides=stride)
+    elif stride > 1:  # Keras: an unnamed MaxPooling2D(1, strides=stride)
+      shortcut = L.tap(self, pool_name, x[:, ::stride, ::stride, :])
     else:
       shortcut = x
     y = conv(preact, filters, 1, f"{name}_1_conv", use_bias=False)
@@ -68,7 +68,8 @@ class ResNetV2(nn.Module):
         x = self._block(x, filters, f"{name}_block{i}", train=train)
       # Keras puts the stride in the LAST block of each stage but the final one.
       x = self._block(x, filters, f"{name}_block{blocks}", train=train,
-                      stride=1 if stage == last else 2)
+                      stride=1 if stage == last else 2,
+                      pool_name="max_pooling2d" + (f"_{stage}" if stage else ""))
     x = L.batch_norm(self, x, "post_bn", train=train, epsilon=_EPS, dtype=self.dtype)
     x = L.relu(self, x, "post_relu")
     return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
