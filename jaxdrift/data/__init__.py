@@ -108,7 +108,8 @@ def load(name: str, split: str, *, data_dir=None, download: bool = True, **kwarg
   base = split.split("[")[0]
   split = _SPLIT_ALIASES.get(base, base) + split[len(base):]
   if split.split("[")[0] not in b.info.splits:
-    raise ValueError(f"{name} has no split {base!r}; it has {sorted(b.info.splits)}")
+    raise ValueError(f"{name} has no split {split.split('[')[0]!r} (asked for {base!r}); it "
+                     f"has {sorted(b.info.splits)}")
   return b.as_data_source(split=split)
 
 
