@@ -1,0 +1,78 @@
+"""DenseNet201, a port of keras.applications.DenseNet201.
+
+Layer names equal the Keras names (conv1_conv, conv2_block1_0_bn, pool2_conv, bn, relu, ...)
+so Keras weights map one to one and every Keras layer output can be tapped by name.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxdrift.models import layers as L
+
+_EPS = 1.001e-5
+
+
+class DenseNet(nn.Module):
+  """Densely connected network, as keras.applications.densenet.
+
+  Attributes:
+    blocks: conv blocks per dense block (conv2..conv5).
+    growth_rate: channels each conv block adds; its bottleneck has 4x as many.
+    stem_filters: channels of the 7x7 stem convolution.
+    num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
+    include_top: add global average pooling + Dense 'predictions'.
+    pooling: without the top, None (4-D map), "avg" or "max".
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  blocks: Sequence[int] = (6, 12, 48, 32)
+  growth_rate: int = 32
+  stem_filters: int = 64
+  num_classes: int = 1000
+  include_top: bool = True
+  pooling: str | None = None
+  dtype: Any = jnp.float32
+
+  def _bn_relu(self, x, name, train):
+    x = L.batch_norm(self, x, f"{name}_bn", train=train, epsilon=_EPS, dtype=self.dtype)
+    return L.relu(self, x, f"{name}_relu")
+
+  def _conv_block(self, x, name, train):
+    y = self._bn_relu(x, f"{name}_0", train)
+    y = L.conv(self, y, 4 * self.growth_rate, 1, f"{name}_1_conv", use_bias=False,
+               dtype=self.dtype)
+    y = self._bn_relu(y, f"{name}_1", train)
+    y = L.conv(self, y, self.growth_rate, 3, f"{name}_2_conv", padding="SAME",
+               use_bias=False, dtype=self.dtype)
+    return L.concat(self, [x, y], f"{name}_concat")
+
+  def _transition(self, x, name, train):
+    x = self._bn_relu(x, name, train)
+    x = L.conv(self, x, x.shape[-1] // 2, 1, f"{name}_conv", use_bias=False, dtype=self.dtype)
+    return L.avg_pool(self, x, 2, 2, f"{name}_pool")
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = L.zero_pad(self, x.astype(self.dtype), 3, "zero_padding2d")
+    x = L.conv(self, x, self.stem_filters, 7, "conv1_conv", strides=2, use_bias=False,
+               dtype=self.dtype)
+    x = self._bn_relu(x, "conv1", train)
+    x = L.zero_pad(self, x, 1, "zero_padding2d_1")
+    x = L.max_pool(self, x, 3, 2, "pool1")
+    for stage, blocks in enumerate(self.blocks):
+      for i in range(blocks):
+        x = self._conv_block(x, f"conv{stage + 2}_block{i + 1}", train)
+      if stage < len(self.blocks) - 1:
+        x = self._transition(x, f"pool{stage + 2}", train)
+    x = L.batch_norm(self, x, "bn", train=train, epsilon=_EPS, dtype=self.dtype)
+    x = L.relu(self, x, "relu")
+    return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
+                  pooling=self.pooling, dtype=self.dtype)
+
+
+DenseNet201 = functools.partial(DenseNet)
+# Reduced variant for tests and CPU demos: same structure and names, fewer blocks, growth 8.
+DenseNetTiny = functools.partial(DenseNet, blocks=(2, 2, 2, 2), growth_rate=8, stem_filters=16)

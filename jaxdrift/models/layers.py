@@ -1,0 +1,97 @@
+"""Keras-faithful building blocks shared by the ports, and named taps on layer outputs.
+
+Every port calls `tap(module, keras_name, y)` on each layer output that Keras exposes as a
+layer (conv, bn, relu, add, concat, pool, mixed blocks, ...). A tap does two things, both
+stateless and both off unless asked for in `apply`:
+
+* capture: when the "taps" collection is mutable, it records `y` under its Keras name in
+  `state["taps"]["layers"][name]`;
+* perturb: when the variables passed to `apply` hold `{"perturbations": {name: delta}}`, it
+  returns `y + delta`. With `delta = 0`, `jax.grad` with respect to `delta` is the gradient
+  with respect to the layer's activation: attribution needs no hooks.
+
+Use `jaxdrift.models.capture` rather than the collections directly.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+TAPS = "taps"
+PERTURBATIONS = "perturbations"
+
+
+def _merge(layers: dict, new: dict) -> dict:
+  return {**layers, **new}
+
+
+def tap(module: nn.Module, name: str, y):
+  """Records and/or perturbs the output `y` of the Keras layer `name` (see module doc)."""
+  if module.is_mutable_collection(TAPS) and not module.is_initializing():
+    module.sow(TAPS, "layers", {name: y}, init_fn=dict, reduce_fn=_merge)
+  if module.has_variable(PERTURBATIONS, name):
+    y = y + module.get_variable(PERTURBATIONS, name)
+  return y
+
+
+def conv(module: nn.Module, y, features: int, kernel, name: str, *, strides=1,
+         padding="VALID", use_bias=True, dtype: Any = jnp.float32):
+  """Keras Conv2D (HWIO kernel, 'valid' or 'same' padding as in TF) followed by its tap."""
+  kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+  strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  y = nn.Conv(features, kernel, strides=strides, padding=padding, use_bias=use_bias,
+              dtype=dtype, name=name)(y)
+  return tap(module, name, y)
+
+
+def batch_norm(module: nn.Module, y, name: str, *, train: bool, epsilon: float,
+               use_scale: bool = True, dtype: Any = jnp.float32):
+  """Keras BatchNormalization: momentum 0.99, explicit epsilon, exact (two-pass) variance."""
+  y = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon,
+                   use_scale=use_scale, use_fast_variance=False, dtype=dtype, name=name)(y)
+  return tap(module, name, y)
+
+
+def relu(module: nn.Module, y, name: str):
+  return tap(module, name, nn.relu(y))
+
+
+def zero_pad(module: nn.Module, y, pad: int, name: str):
+  """Keras ZeroPadding2D: pads height and width with zeros (also before a max pool)."""
+  y = jnp.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return tap(module, name, y)
+
+
+def max_pool(module: nn.Module, y, window: int, stride: int, name: str, padding="VALID"):
+  y = nn.max_pool(y, (window, window), strides=(stride, stride), padding=padding)
+  return tap(module, name, y)
+
+
+def avg_pool(module: nn.Module, y, window: int, stride: int, name: str, padding="VALID"):
+  """Keras AveragePooling2D: with 'same' padding, padded cells are not counted."""
+  y = nn.avg_pool(y, (window, window), strides=(stride, stride), padding=padding,
+                  count_include_pad=False)
+  return tap(module, name, y)
+
+
+def concat(module: nn.Module, ys, name: str):
+  return tap(module, name, jnp.concatenate(ys, axis=-1))
+
+
+def head(module: nn.Module, y, *, num_classes: int, include_top: bool, pooling,
+         dtype: Any = jnp.float32):
+  """Keras Applications top: global average pooling + Dense 'predictions' (logits).
+
+  Without the top, `pooling` selects "avg" / "max" global pooling or None (the 4-D map).
+  """
+  if include_top:
+    y = jnp.mean(y, axis=(1, 2))
+    return nn.Dense(num_classes, dtype=dtype, name="predictions")(y)
+  if pooling == "avg":
+    return jnp.mean(y, axis=(1, 2))
+  if pooling == "max":
+    return jnp.max(y, axis=(1, 2))
+  if pooling is not None:
+    raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+  return y

@@ -1,0 +1,82 @@
+"""ResNet50V2 (pre-activation ResNet), a port of keras.applications.ResNet50V2.
+
+Layer names equal the Keras names (conv1_conv, conv2_block1_preact_bn, ..., post_relu), so
+Keras weights map one to one and every Keras layer output can be tapped by name.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxdrift.models import layers as L
+
+_EPS = 1.001e-5
+
+
+class ResNetV2(nn.Module):
+  """Pre-activation ResNet with bottleneck blocks, as keras.applications.resnet_v2.
+
+  Attributes:
+    stack_sizes: blocks per stage (conv2..conv5).
+    filters: bottleneck width per stage; block outputs have 4x as many channels.
+    stem_filters: channels of the 7x7 stem convolution.
+    num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
+    include_top: add global average pooling + Dense 'predictions'.
+    pooling: without the top, None (4-D map), "avg" or "max".
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  stack_sizes: Sequence[int] = (3, 4, 6, 3)
+  filters: Sequence[int] = (64, 128, 256, 512)
+  stem_filters: int = 64
+  num_classes: int = 1000
+  include_top: bool = True
+  pooling: str | None = None
+  dtype: Any = jnp.float32
+
+  def _block(self, x, filters, name, *, train, stride=1, conv_shortcut=False):
+    bn = functools.partial(L.batch_norm, self, train=train, epsilon=_EPS, dtype=self.dtype)
+    conv = functools.partial(L.conv, self, dtype=self.dtype)
+    preact = L.relu(self, bn(x, f"{name}_preact_bn"), f"{name}_preact_relu")
+    if conv_shortcut:
+      shortcut = conv(preact, 4 * filters, 1, f"{name}_0_conv", strides=stride)
+    elif stride > 1:
+      shortcut = x[:, ::stride, ::stride, :]  # Keras: MaxPooling2D(1, strides=stride)
+    else:
+      shortcut = x
+    y = conv(preact, filters, 1, f"{name}_1_conv", use_bias=False)
+    y = L.relu(self, bn(y, f"{name}_1_bn"), f"{name}_1_relu")
+    y = L.zero_pad(self, y, 1, f"{name}_2_pad")
+    y = conv(y, filters, 3, f"{name}_2_conv", strides=stride, use_bias=False)
+    y = L.relu(self, bn(y, f"{name}_2_bn"), f"{name}_2_relu")
+    y = conv(y, 4 * filters, 1, f"{name}_3_conv")
+    return L.tap(self, f"{name}_out", shortcut + y)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = L.zero_pad(self, x.astype(self.dtype), 3, "conv1_pad")
+    x = L.conv(self, x, self.stem_filters, 7, "conv1_conv", strides=2, dtype=self.dtype)
+    x = L.zero_pad(self, x, 1, "pool1_pad")
+    x = L.max_pool(self, x, 3, 2, "pool1_pool")
+    last = len(self.stack_sizes) - 1
+    for stage, (blocks, filters) in enumerate(zip(self.stack_sizes, self.filters)):
+      name = f"conv{stage + 2}"
+      x = self._block(x, filters, f"{name}_block1", train=train, conv_shortcut=True)
+      for i in range(2, blocks):
+        x = self._block(x, filters, f"{name}_block{i}", train=train)
+      # Keras puts the stride in the LAST block of each stage but the final one.
+      x = self._block(x, filters, f"{name}_block{blocks}", train=train,
+                      stride=1 if stage == last else 2)
+    x = L.batch_norm(self, x, "post_bn", train=train, epsilon=_EPS, dtype=self.dtype)
+    x = L.relu(self, x, "post_relu")
+    return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
+                  pooling=self.pooling, dtype=self.dtype)
+
+
+ResNet50V2 = functools.partial(ResNetV2)
+# Reduced variant for tests and CPU demos: same structure and names, 2 blocks per stage
+# (the fewest Keras's stacking allows), 1/8 of the channels.
+ResNetV2Tiny = functools.partial(ResNetV2, stack_sizes=(2, 2, 2, 2), filters=(8, 16, 32, 64),
+                                 stem_filters=8)
