@@ -39,8 +39,8 @@ def unusual_images():
   return out
 
 
-def write_kaggle_zip(path, per_class=3, splits=("train", "val", "test"), wrapper="Lung Disease Dataset (4 types)",
-                     extras=True):
+def write_kaggle_zip(path, per_class=3, splits=("train", "val", "test"),
+                     wrapper="Lung Disease Dataset (4 types)", extras=True):
   """Writes a fake Kaggle-layout zip; returns the list of bad entries added.
 
   Image i of class c in split s is a 9x8 grayscale PNG of constant value pixel_value(s, c, i).
