@@ -26,7 +26,7 @@ _CONSTRUCTORS = {
 
 
 def create(arch: str, num_classes: int = 1000, include_top: bool = True, pooling=None,
-           dtype=None):
+           dropout_rate: float = 0.0, dtype=None):
   """Builds the Flax port of a Keras Applications backbone.
 
   Args:
@@ -36,6 +36,8 @@ def create(arch: str, num_classes: int = 1000, include_top: bool = True, pooling
     include_top: add GlobalAveragePooling2D + Dense('predictions'), returning LOGITS
       (Keras's softmax is left out on purpose).
     pooling: without the top: None (the last 4-D feature map), "avg" or "max".
+    dropout_rate: dropout between the pooling and 'predictions' when training (needs a
+      "dropout" rng); 0 (the default) is Keras's architecture.
     dtype: computation dtype, e.g. jnp.bfloat16 on accelerators; parameters stay float32.
 
   Returns:
@@ -48,4 +50,4 @@ def create(arch: str, num_classes: int = 1000, include_top: bool = True, pooling
     raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
   kwargs = {} if dtype is None else {"dtype": dtype}
   return _CONSTRUCTORS[arch](num_classes=num_classes, include_top=include_top,
-                             pooling=pooling, **kwargs)
+                             pooling=pooling, dropout_rate=dropout_rate, **kwargs)

@@ -29,6 +29,7 @@ class InceptionV3(nn.Module):
     num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
     include_top: add global average pooling + Dense 'predictions'.
     pooling: without the top, None (4-D map), "avg" or "max".
+    dropout_rate: dropout before 'predictions' in training mode (0: none, as in Keras).
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -36,6 +37,7 @@ class InceptionV3(nn.Module):
   num_classes: int = 1000
   include_top: bool = True
   pooling: str | None = None
+  dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -112,7 +114,8 @@ class InceptionV3(nn.Module):
       x = concat([b1, b3, b3d, bp], f"mixed{9 + i}")
 
     return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
-                  pooling=self.pooling, dtype=self.dtype)
+                  pooling=self.pooling, dropout_rate=self.dropout_rate, train=train,
+                  dtype=self.dtype)
 
 
 # Reduced variant for tests and CPU demos: all 94 conv layers and their names, 1/8 channels.

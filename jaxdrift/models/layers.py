@@ -118,13 +118,17 @@ def concat(module: nn.Module, ys, name: str):
 
 
 def head(module: nn.Module, y, *, num_classes: int, include_top: bool, pooling,
-         dtype: Any = jnp.float32):
+         dropout_rate: float = 0.0, train: bool = False, dtype: Any = jnp.float32):
   """Keras Applications top: global average pooling + Dense 'predictions' (logits).
 
+  With `dropout_rate > 0` (not in Keras Applications; for transfer learning) dropout sits
+  between the pooling and the Dense layer and needs a "dropout" rng when `train`.
   Without the top, `pooling` selects "avg" / "max" global pooling or None (the 4-D map).
   """
   if include_top:
     y = jnp.mean(y, axis=(1, 2))
+    if dropout_rate:
+      y = nn.Dropout(dropout_rate, deterministic=not train, name="dropout")(y)
     return nn.Dense(num_classes, dtype=dtype, name="predictions")(y)
   if pooling == "avg":
     return jnp.mean(y, axis=(1, 2))

@@ -25,6 +25,7 @@ class ResNetV2(nn.Module):
     num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
     include_top: add global average pooling + Dense 'predictions'.
     pooling: without the top, None (4-D map), "avg" or "max".
+    dropout_rate: dropout before 'predictions' in training mode (0: none, as in Keras).
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -34,6 +35,7 @@ class ResNetV2(nn.Module):
   num_classes: int = 1000
   include_top: bool = True
   pooling: str | None = None
+  dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   def _block(self, x, filters, name, *, train, stride=1, conv_shortcut=False, pool_name=""):
@@ -73,7 +75,8 @@ class ResNetV2(nn.Module):
     x = L.batch_norm(self, x, "post_bn", train=train, epsilon=_EPS, dtype=self.dtype)
     x = L.relu(self, x, "post_relu")
     return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
-                  pooling=self.pooling, dtype=self.dtype)
+                  pooling=self.pooling, dropout_rate=self.dropout_rate, train=train,
+                  dtype=self.dtype)
 
 
 ResNet50V2 = functools.partial(ResNetV2)
