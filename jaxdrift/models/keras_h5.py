@@ -237,3 +237,34 @@ def load_keras_h5(arch: str, path) -> dict:
   family = registry.spec(arch).family
   hint = f" (it looks like a {guess} file, not {arch})" if guess and guess != family else ""
   return strict_merge(expected, flat, source=os.fspath(path), hint=hint)
+
+
+
+def save_keras_h5(variables: dict, path) -> None:
+  """Writes variables as a legacy weights-only .h5 file in the official layout.
+
+  Layer groups are named as the port names them (which are the Keras names), so the file
+  loads back with `load_keras_h5` and with any reader that matches layers by name. Keras's
+  own `load_weights` matches legacy files by layer order instead, which this file does not
+  promise.
+  """
+  flat = flatten_tree(variables)
+  roles = {("params", "kernel"): "kernel", ("params", "scale"): "gamma",
+           ("params", "bias"): "bias", ("batch_stats", "mean"): "moving_mean",
+           ("batch_stats", "var"): "moving_variance"}
+  layers = {}
+  for (collection, layer, leaf), value in flat.items():
+    role = roles[collection, leaf]
+    if role == "bias" and ("batch_stats", layer, "mean") in flat:
+      role = "beta"
+    layers.setdefault(layer, {})[role] = np.asarray(value)
+  with h5py.File(os.fspath(path), "w") as f:
+    f.attrs["layer_names"] = np.array([n.encode("utf8") for n in layers])
+    f.attrs["backend"] = b"jax"
+    f.attrs["keras_version"] = b"jaxdrift"
+    for layer, weights in layers.items():
+      group = f.create_group(layer)
+      names = [f"{layer}/{role}:0" for role in _WEIGHT_ROLES if role in weights]
+      for name, role in zip(names, [r for r in _WEIGHT_ROLES if r in weights]):
+        group.create_dataset(name, data=weights[role])
+      group.attrs["weight_names"] = np.array([n.encode("utf8") for n in names])
