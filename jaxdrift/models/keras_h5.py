@@ -36,10 +36,9 @@ _WEIGHT_ROLES = {
     "moving_variance": ("batch_stats", "var"),
 }
 _AUTO_NAME = re.compile(r"^(conv2d|batch_normalization)(?:_(\d+))?$")
-# A layer name that only one of the three architectures has, to name a mismatched file.
-_SIGNATURES = {"post_relu": "resnet50v2", "conv5_block32_concat": "densenet201",
-               "conv5_block3_out": "resnet50v2", "mixed10": "inceptionv3",
-               "conv5_block32_2_conv": "densenet201", "conv2d_93": "inceptionv3"}
+# Layer names that only one of the three architectures has, to name a mismatched file.
+_SIGNATURES = {"post_bn": "resnet50v2", "post_relu": "resnet50v2", "bn": "densenet201",
+               "relu": "densenet201", "mixed10": "inceptionv3"}
 
 
 class WeightFileError(ValueError):
@@ -170,6 +169,8 @@ def _guess_arch(layer_names) -> str | None:
   for name in layer_names:
     if name in _SIGNATURES:
       return _SIGNATURES[name]
+  if any(_AUTO_NAME.match(name) for name in layer_names):
+    return "inceptionv3"
   return None
 
 
