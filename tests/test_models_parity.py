@@ -106,6 +106,12 @@ def test_inference_parity(case, layout):
       assert rel_err(acts[name], want) <= TOL, (size, name)
 
 
+def test_both_layouts_load_the_same_variables(case):
+  official = jd.models.load_keras_h5(case.arch, case.files.official_h5)
+  keras3 = jd.models.load_keras_h5(case.arch, case.files.keras3_h5)
+  jax.tree.map(np.testing.assert_array_equal, official, keras3)
+
+
 def test_training_mode_batchnorm_parity(case):
   """Batch statistics in the forward pass and the updated moving statistics match Keras."""
   variables = jd.models.load_keras_h5(case.arch, case.files.keras3_h5)

@@ -1,0 +1,1 @@
+"""Thin command-line entry points: each parses arguments and calls the jaxdrift library."""
