@@ -316,7 +316,8 @@ _drift_jit = jax.jit(_drift_batch, static_argnums=2)
 
 def as_map_batch(maps, name="maps"):
   """A [B, h, w] float32 jax array from numpy or jax input, or an error saying what to pass."""
-  maps = jnp.asarray(maps, jnp.float32)
+  if not (isinstance(maps, jax.Array) and maps.dtype == jnp.float32):
+    maps = jnp.asarray(maps, jnp.float32)
   if maps.ndim != 3:
     raise ValueError(f"{name} must be a batch of maps [B, h, w], got shape {maps.shape}; "
                      "for one pair use the single-pair functions or add a leading axis")
