@@ -11,6 +11,7 @@ the sample selection, and every test names itself.
 """
 
 import itertools
+import warnings
 import zlib
 
 import numpy as np
@@ -172,8 +173,11 @@ def _paired(table, keep, arch, metric, m1, m2):
 
 
 def _safe_test(fn, *samples):
+  """(statistic, pvalue) of a scipy test; NaN (not a crash) when the data are degenerate."""
   try:
-    result = fn(*samples)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+      warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 on all-identical values -> NaN
+      result = fn(*samples)
     return float(result.statistic), float(result.pvalue)
   except ValueError:  # all values identical, too few samples
     return float("nan"), float("nan")
