@@ -83,9 +83,10 @@ def test_degenerate_maps_give_nan_and_invalid_never_crash():
 
 
 def test_xla_and_numpy_sort_paths_agree(maps, out):
+  # Same sort, same ranks; the numpy path accumulates in float64, XLA in float32.
   xla = M.drift(*maps, sort="xla")
   for name in NAMES:
-    np.testing.assert_allclose(xla[name], out[name], atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(xla[name], out[name], atol=1e-6, err_msg=name)
 
 
 def test_larger_maps_use_shifted_ssim_and_match_reference():

@@ -139,20 +139,13 @@ def pearson(a, b):
   return _nan_unless(ok, _correlation(xa, xb))
 
 
-def _spearman_from_ranks(ra, rb):
-  n = ra.shape[0]
-  mean_rank = (n + 1) / 2.0  # exact for average ranks, so the centring is exact
-  return _correlation((ra - mean_rank) / n, (rb - mean_rank) / n)
-
-
 def spearman(a, b, method="auto"):
   """Pearson correlation of the average ranks (ties share their mean rank, as
   scipy.stats.spearmanr); NaN if either map is constant or invalid."""
   a, b = _as_pair(a, b)
-  _, ra = order.sort_and_rank(a.ravel(), method)
-  _, rb = order.sort_and_rank(b.ravel(), method)
+  rho = order.pair_order_stats(a.ravel(), b.ravel(), (1,), 1, method)["spearman"]
   ok = _pair_valid(a, b) & _not_constant(a) & _not_constant(b)
-  return _nan_unless(ok, _spearman_from_ranks(ra, rb))
+  return _nan_unless(ok, rho)
 
 
 def ssim(a, b, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):
@@ -233,25 +226,6 @@ def upsample(m, resolution):
   return jax.image.resize(m, tuple(resolution), method="bilinear")
 
 
-def _map_features(m, p):
-  """Everything `drift` needs from one map [H, W], from ONE sort."""
-  flat = m.ravel()
-  n = flat.shape[0]
-  values, ranks = order.sort_and_rank(flat, p.sort)
-  total = maps_lib.fsum(m)
-  ks, _ = _iou_levels((p.iou_q,) + p.auc_qs, n)
-  kc = maps_lib.top_k_count(p.concentration_q, n)
-  top = values[::-1]
-  return dict(
-      valid=jnp.all(jnp.isfinite(m)) & (total > 0),
-      constant=~_not_constant(m),
-      thresholds=_thresholds_from_top(top, ks),
-      ranks=ranks,
-      concentration=maps_lib._concentration_from_top(top, total, kc),
-      gini=maps_lib._gini_from_sorted(values, total),
-  )
-
-
 def pair_metrics(a, b, params=DriftParams()):
   """All drift metrics of one pair of maps a, b [h, w] (sharing one sort per map).
 
@@ -266,14 +240,16 @@ def pair_metrics(a, b, params=DriftParams()):
   a, b = _as_pair(a, b)
   if params.resolution is not None:
     a, b = upsample(a, params.resolution), upsample(b, params.resolution)
-  # One batched sort for both maps (a single callback on the CPU).
-  feats = jax.vmap(lambda m: _map_features(m, params))(jnp.stack([a, b]))
-  fa = jax.tree.map(lambda x: x[0], feats)
-  fb = jax.tree.map(lambda x: x[1], feats)
-  valid = fa["valid"] & fb["valid"]
-  correlated = valid & ~fa["constant"] & ~fb["constant"]
-  _, where = _iou_levels((params.iou_q,) + params.auc_qs, a.size)
-  ious = _iou_at(a, b, fa["thresholds"], fb["thresholds"])[jnp.asarray(where)]
+  n = a.size
+  ks, where = _iou_levels((params.iou_q,) + params.auc_qs, n)
+  kc = maps_lib.top_k_count(params.concentration_q, n)
+  # One sort per map for every rank-based metric (one numpy callback per batch on the CPU).
+  ranked = order.pair_order_stats(a.ravel(), b.ravel(), ks, kc, params.sort)
+  valid_a, valid_b = maps_lib.is_valid(a), maps_lib.is_valid(b)
+  valid = valid_a & valid_b
+  correlated = valid & _not_constant(a) & _not_constant(b)
+  ta, tb = ranked["thresholds"]
+  ious = _iou_at(a, b, ta, tb)[jnp.asarray(where)]
   out = dict(
       displacement=displacement(a, b),
       peak_displacement=peak_displacement(a, b),
@@ -281,19 +257,18 @@ def pair_metrics(a, b, params=DriftParams()):
       iou_auc=jnp.mean(ious[1:]),
       soft_iou=soft_iou(a, b),
       pearson=pearson(a, b),
-      spearman=jnp.where(correlated, _spearman_from_ranks(fa["ranks"], fb["ranks"]), jnp.nan),
+      spearman=jnp.where(correlated, ranked["spearman"], jnp.nan),
       ssim=ssim_lib.ssim(a, b, params.ssim_sigma, params.ssim_truncate, params.ssim_k1,
                          params.ssim_k2),
       entropy_a=maps_lib.entropy(a),
       entropy_b=maps_lib.entropy(b),
   )
   for name in ("concentration", "gini"):
-    out[f"{name}_a"] = fa[name]
-    out[f"{name}_b"] = fb[name]
+    out[f"{name}_a"], out[f"{name}_b"] = ranked[name]
   for name in MAP_QUANTITIES:
     out[f"{name}_change"] = out[f"{name}_b"] - out[f"{name}_a"]
   out = {k: _nan_unless(valid, v) for k, v in out.items()}
-  out.update(valid=valid, valid_a=fa["valid"], valid_b=fb["valid"])
+  out.update(valid=valid, valid_a=valid_a, valid_b=valid_b)
   return out
 
 
