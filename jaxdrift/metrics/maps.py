@@ -13,22 +13,10 @@ import jax.numpy as jnp
 
 from jaxdrift.metrics import order
 
-_BLOCK = 512
-
-
 def fsum(x):
-  """Sums all elements of x in float32 with a two-level (blocked) reduction.
-
-  A single long float32 reduction loses about eps * N / lanes of relative precision; summing
-  blocks of 512 first keeps 224x224 maps within ~1e-7 of a float64 sum.
-  """
-  x = jnp.ravel(x)
-  n = x.shape[0]
-  if n <= 2 * _BLOCK:
-    return jnp.sum(x)
-  pad = (-n) % _BLOCK
-  x = jnp.pad(x, (0, pad))
-  return jnp.sum(jnp.sum(x.reshape(-1, _BLOCK), axis=1))
+  """Sums all elements of x in float32 with a two-level (blocked) reduction (accurate to
+  ~1e-7 relative on 224x224 maps, where one long float32 reduction is not)."""
+  return order._fsum(jnp.ravel(x))
 
 
 def top_k_count(q, n):
