@@ -49,11 +49,11 @@ def test_output_names_and_shapes(out):
 
 
 def test_batched_equals_per_pair_vmap_and_single_functions(maps, out):
-  per_pair = jax.vmap(pair_metrics)(*maps)
+  per_pair = jax.jit(jax.vmap(pair_metrics))(*maps)
   for name in NAMES:
     np.testing.assert_allclose(out[name], per_pair[name], atol=1e-6, err_msg=name)
   for name in M.PAIR_METRICS:
-    single = jax.vmap(getattr(M, name))(*maps)
+    single = jax.jit(jax.vmap(getattr(M, name)))(*maps)
     np.testing.assert_allclose(out[name], single, atol=1e-6, err_msg=name)
 
 
