@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -75,6 +76,17 @@ def test_stream_pads_masks_and_checks_batch_size():
   keep = np.flatnonzero(mask)
   assert out["iou"].shape == (9,)
   np.testing.assert_allclose(out["iou"], np.asarray(whole["iou"])[keep], atol=1e-7)
+  # A second pass over the test set (same batch shape) compiles nothing.
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event \
+      else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    again = M.drift_stream([(a[:6], b[:6], mask[:6]), (a[6:], b[6:], mask[6:])], batch_size=6)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+  np.testing.assert_array_equal(again["iou"], out["iou"])
   with pytest.raises(ValueError, match="does not fit"):
     M.drift_stream([(a, b)], batch_size=6)
   x, y, m = M.pad_batch(a[:4], b[:4], 6)
