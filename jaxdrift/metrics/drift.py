@@ -185,7 +185,7 @@ class DriftParams:
       centres, like cv2.resize), or None to use the maps as given.
     sort: "auto" (numpy callback on the CPU, XLA elsewhere), "numpy" or "xla".
     chunk: pairs computed together inside the jitted loop, or None to choose by map size
-      (about 256k pixels per map stack: 4 pairs at 224x224, 1024 at 7x7). Small chunks keep
+      (about 256k values per step: 5 pairs at 224x224, 1024 at 7x7). Small chunks keep
       the working set in cache; at 224x224 chunk 4 ran twice as fast as chunk 64.
   """
 
