@@ -7,6 +7,7 @@ between the jaxdrift runs so that both see the same machine load, which is print
 (the development machine is a shared 2-core CPU).
 
   python benchmarks/metrics.py [--pairs 2000] [--sizes 7,224] [--repeats 3] [--xla-sort]
+                               [--breakdown]
 """
 
 import argparse
@@ -69,7 +70,29 @@ def compare(ours, ref):
   return worst
 
 
-def run(size, pairs, repeats, xla_sort):
+def baseline_breakdown(tl, ft, pairs=100):
+  """Share of the numpy/scipy loop's time per metric (on the first `pairs` pairs)."""
+  a = [m.astype(np.float64) for m in tl[:pairs]]
+  b = [m.astype(np.float64) for m in ft[:pairs]]
+  fns = dict(displacement=reference.displacement,
+             peak_displacement=reference.peak_displacement, iou=reference.iou,
+             iou_auc=reference.iou_auc, soft_iou=reference.soft_iou,
+             pearson=reference.pearson, spearman=reference.spearman, ssim=reference.ssim,
+             concentration=lambda x, y: (reference.concentration(x),
+                                         reference.concentration(y)),
+             entropy=lambda x, y: (reference.entropy(x), reference.entropy(y)),
+             gini=lambda x, y: (reference.gini(x), reference.gini(y)))
+  times = {}
+  for name, fn in fns.items():
+    start = time.perf_counter()
+    for x, y in zip(a, b):
+      fn(x, y)
+    times[name] = time.perf_counter() - start
+  total = sum(times.values())
+  return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in times.items())
+
+
+def run(size, pairs, repeats, xla_sort, breakdown):
   rng = np.random.default_rng(size)
   tl, ft = cam_like_maps(rng, pairs, 7, size)
   load = os.getloadavg()[0]
@@ -95,6 +118,8 @@ def run(size, pairs, repeats, xla_sort):
           "XLA's CPU sort instead of the numpy callback)")
   print(f"  max |difference| : {max(worst.values()):.2e} over {len(worst)} metrics "
         f"({max(worst, key=worst.get)}); tolerance {TOLERANCE:g}")
+  if breakdown:
+    print(f"  baseline by metric: {baseline_breakdown(tl[ref['valid']], ft[ref['valid']])}")
   if max(worst.values()) > TOLERANCE:
     raise SystemExit(f"values differ by more than {TOLERANCE}: {worst}")
   return t_ref / t_jax
@@ -107,10 +132,12 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--xla-sort", action="store_true",
                       help="also time the XLA sort path on this backend")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also print the baseline's time share per metric")
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} "
         f"device(s)), numpy {np.__version__}, {os.cpu_count()} CPU(s)")
-  ratios = {s: run(s, args.pairs, args.repeats, args.xla_sort)
+  ratios = {s: run(s, args.pairs, args.repeats, args.xla_sort, args.breakdown)
             for s in (int(v) for v in args.sizes.split(","))}
   print("\nsummary: " + ", ".join(f"{s}x{s}: {r:.1f}x" for s, r in ratios.items()))
 
