@@ -15,7 +15,6 @@ import warnings
 import zlib
 
 import numpy as np
-import scipy.stats
 
 SELECTIONS = ("both", "ft", "tl", "all")
 # Which way a metric means "more drift": -1 lower (similarities), +1 higher (distances),
@@ -186,6 +185,7 @@ def _safe_test(fn, *samples):
 def compare_methods(table, metrics=None, selection="both"):
   """Wilcoxon signed-rank test between every two methods, per architecture and metric,
   paired by image (images selected and finite under both). Rows name the test."""
+  import scipy.stats  # slow to import (~0.5 s): only the tests need it
   metrics = metric_names(table) if metrics is None else list(metrics)
   keep = _selected(table, selection)
   rows = []
@@ -204,6 +204,7 @@ def compare_methods(table, metrics=None, selection="both"):
 def compare_architectures(table, metrics=None, selection="both"):
   """Kruskal-Wallis H test between architectures, per method and metric (finite values of
   selected samples; architectures are independent samples). Rows name the test."""
+  import scipy.stats  # slow to import (~0.5 s): only the tests need it
   metrics = metric_names(table) if metrics is None else list(metrics)
   keep = _selected(table, selection)
   rows = []
