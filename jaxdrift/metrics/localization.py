@@ -1,0 +1,106 @@
+"""Attribution maps against ground-truth masks (phantoms): are the maps right, not only moved?
+
+Single-map functions take a map [H, W] and a boolean mask [H, W] of the same shape, are pure,
+jittable and vmappable. An invalid map (not all finite, or sum <= 0) or an empty mask gives
+NaN, never a hit: unlike Quantus, an all-zero map is not a pointing-game hit and NaN is not
+cast to True.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxdrift.metrics import maps as maps_lib
+
+
+def _check(m, mask):
+  m = jnp.asarray(m, jnp.float32)
+  mask = jnp.asarray(mask).astype(bool)
+  if m.ndim != 2 or m.shape != mask.shape:
+    raise ValueError(f"expected a map [H, W] and a mask of the same shape, got {m.shape} and "
+                     f"{mask.shape}; resize the map first (jd.metrics.upsample)")
+  return m, mask
+
+
+def _defined(m, mask):
+  return maps_lib.is_valid(m) & jnp.any(mask)
+
+
+def pointing_game(m, mask, tolerance=0.0):
+  """1.0 if the map's maximum lies in the mask (within `tolerance` pixels), else 0.0.
+
+  The maximum is the first in row-major order on ties. A map whose values are all equal
+  (constant, no maximum to point with) is a MISS (0.0), never a hit. NaN if the map is
+  invalid (all-zero, NaN, Inf) or the mask is empty.
+
+  Args:
+    m: [H, W] attribution map.
+    mask: [H, W] bool ground truth.
+    tolerance: Euclidean distance in pixels from the peak to the nearest mask pixel that
+      still counts as a hit (Zhang et al. use 15 px at 224).
+
+  Returns:
+    Scalar float32 in {0, 1} or NaN.
+  """
+  m, mask = _check(m, mask)
+  row, col = maps_lib.peak(m)
+  rows = jnp.arange(m.shape[0], dtype=jnp.float32)[:, None]
+  cols = jnp.arange(m.shape[1], dtype=jnp.float32)[None, :]
+  distance2 = (rows - row) ** 2 + (cols - col) ** 2
+  near = jnp.min(jnp.where(mask, distance2, jnp.inf)) <= tolerance ** 2
+  hit = near & (jnp.max(m) > jnp.min(m))
+  return jnp.where(_defined(m, mask), hit.astype(jnp.float32), jnp.nan)
+
+
+def energy_inside(m, mask):
+  """Share of the map's mass inside the mask: sum(m * mask) / sum(m); NaN if undefined."""
+  m, mask = _check(m, mask)
+  value = maps_lib.fsum(jnp.where(mask, m, 0.0)) / maps_lib.fsum(m)
+  return jnp.where(_defined(m, mask), value, jnp.nan)
+
+
+def mask_iou(m, mask, q=0.2, method="auto"):
+  """IoU of the map's top-q mask (m >= t) & (m > 0), t its k-th largest value with
+  k = ceil(q N) (as `jd.metrics.iou`), with the ground-truth mask; NaN if undefined."""
+  m, mask = _check(m, mask)
+  top = maps_lib.top_mask(m, maps_lib.threshold(m, q, method))
+  inter = jnp.sum(top & mask).astype(jnp.float32)
+  union = jnp.sum(top | mask).astype(jnp.float32)
+  return jnp.where(_defined(m, mask), inter / union, jnp.nan)
+
+
+def _localize_one(m, mask, q, tolerance, resolution):
+  if resolution is not None:
+    m = jax.image.resize(m, tuple(resolution), method="bilinear")
+  return dict(pointing_game=pointing_game(m, mask, tolerance),
+              energy_inside=energy_inside(m, mask),
+              mask_iou=mask_iou(m, mask, q),
+              valid=_defined(m, mask))
+
+
+_localize = jax.jit(jax.vmap(_localize_one, in_axes=(0, 0, None, None, None)),
+                    static_argnums=(2, 3, 4))
+
+
+def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None):
+  """All localisation scores for a batch, in one jitted call.
+
+  Args:
+    maps: [B, h, w] attribution maps (numpy or jax).
+    masks: [B, H, W] bool ground-truth masks; H, W = resolution or (h, w).
+    q: top fraction for `mask_iou`.
+    tolerance: pointing-game tolerance in pixels.
+    resolution: optional (H, W) to upsample the maps to first (bilinear, half-pixel).
+
+  Returns:
+    dict of [B]: "pointing_game" (1/0/NaN), "energy_inside", "mask_iou" (NaN where
+    undefined) and "valid" (bool: map valid and mask non-empty). The hit rate is
+    nanmean(pointing_game) over valid samples; report the invalid count beside it.
+  """
+  maps = jnp.asarray(maps, jnp.float32)
+  masks = jnp.asarray(masks).astype(bool)
+  resolution = None if resolution is None else tuple(int(s) for s in resolution)
+  expected = (maps.shape[0],) + (resolution or maps.shape[1:])
+  if maps.ndim != 3 or masks.shape != expected:
+    raise ValueError(f"expected maps [B, h, w] and masks {expected}, got {maps.shape} and "
+                     f"{masks.shape}")
+  return _localize(maps, masks, float(q), float(tolerance), resolution)

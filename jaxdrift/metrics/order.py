@@ -1,0 +1,367 @@
+"""Order statistics of flattened maps: sorted values, top-k values, average ranks, and the
+per-pair statistics that the rank-based drift metrics need.
+
+`drift` sorts each map ONCE (`pair_order_stats`) and reads every rank-based metric from that
+sort: the IoU thresholds (k-th largest values), concentration (top-k mass), gini (sorted
+values) and spearman (average ranks).
+
+Two exact implementations sit behind each primitive:
+
+- "numpy": a `jax.pure_callback` into numpy. XLA's CPU sort is 10-60x slower than numpy's
+  (x86-simd-sort), so on the CPU the fastest exact sort available inside a jitted function
+  is numpy's. Maps are sorted as packed 64-bit keys (order-preserving float bits << 32 |
+  index): one `np.sort` gives the sorted values and the stable permutation, about 4x faster
+  than `np.argsort`. Pairs are split over a small thread pool (numpy releases the GIL), and
+  under `vmap` the callback receives the whole batch. `pair_order_stats` returns only a few
+  numbers per pair: copying whole arrays out of a callback cost more than the sort.
+- "xla": `lax.sort` / `lax.top_k`, for GPU and TPU.
+
+`method="auto"` (the default everywhere) lowers to "numpy" on the CPU and "xla" elsewhere,
+chosen per platform at lowering time with `lax.platform_dependent`. Sorted values, ranks and
+thresholds are identical; sums differ by float32 rounding (numpy accumulates in float64).
+Measured per map on the 2-core development CPU: 7x7 0.6 us numpy vs 3.8 us XLA; 224x224
+about 0.5 ms vs 7 ms.
+"""
+
+import concurrent.futures
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+METHODS = ("auto", "numpy", "xla")
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+# Below this many elements per callback, threads cost more than they save.
+_MIN_PARALLEL_ELEMENTS = 1 << 18
+
+
+def _pool():
+  """The shared thread pool, created on first use (importing has no side effects)."""
+  global _POOL
+  with _POOL_LOCK:
+    if _POOL is None:
+      _POOL = concurrent.futures.ThreadPoolExecutor(
+          max_workers=min(os.cpu_count() or 1, 8), thread_name_prefix="jaxdrift-sort")
+    return _POOL
+
+
+def _rowwise(fn, inputs, outputs):
+  """Applies `fn(*input_rows, *output_rows)` to blocks of rows (leading axis) of the arrays,
+  split over the thread pool when the inputs are large (numpy releases the GIL)."""
+  rows = inputs[0].shape[0]
+  workers = min(os.cpu_count() or 1, 8, rows)
+  if workers <= 1 or sum(x.size for x in inputs) < _MIN_PARALLEL_ELEMENTS:
+    fn(*inputs, *outputs)
+    return
+  bounds = np.linspace(0, rows, workers + 1).astype(int)
+  futures = [_pool().submit(fn, *(x[lo:hi] for x in inputs), *(o[lo:hi] for o in outputs))
+             for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+  for future in futures:
+    future.result()
+
+
+_SIGN = np.uint32(0x80000000)
+
+
+_BLOCK_ELEMENTS = 1 << 16  # rows per numpy step: about 64k values (cache-resident)
+_FEW_TIE_GROUPS = 64
+
+
+def _average_ranks(values, base):
+  """Average 1-based ranks [r, N] float32 of rows of ascending values [r, N].
+
+  base: [r, N] float32, each row 1..N (the ranks without ties).
+  """
+  r, n = values.shape
+  # next_equal[i, j]: values[i, j] == values[i, j + 1] (never across rows).
+  next_equal = np.zeros((r, n), bool)
+  np.equal(values[:, 1:], values[:, :-1], out=next_equal[:, :-1])
+  if not next_equal.any():
+    return base
+  # Runs of equal neighbours: +1 where a tie group starts, -1 at its (inclusive) end.
+  edges = np.diff(np.concatenate([[0], next_equal.ravel().view(np.int8), [0]]))
+  starts = np.flatnonzero(edges == 1)
+  ends = np.flatnonzero(edges == -1)
+  mean_rank = ((starts % n + ends % n) * 0.5 + 1.0).astype(np.float32)
+  ranks = base.copy()
+  flat = ranks.reshape(-1)
+  if starts.size <= _FEW_TIE_GROUPS:
+    # Typical CAMs: one large group of zeros per map and few others; slices beat scatters.
+    for start, end, value in zip(starts.tolist(), ends.tolist(), mean_rank.tolist()):
+      flat[start:end + 1] = value
+    return ranks
+  lengths = ends - starts + 1
+  positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+  positions += np.arange(positions.size)
+  flat[positions] = np.repeat(mean_rank, lengths)
+  return ranks
+
+
+class _BlockSorter:
+  """Sorts and ranks blocks of up to `rows` rows of length n, reusing its buffers.
+
+  64-bit keys = order-preserving float bits (high word) | index (low word), written through
+  a uint32 view; one np.sort of the keys gives the sorted values and the stable permutation.
+  """
+
+  def __init__(self, rows, n):
+    self.keys = np.empty((rows, n), np.uint64)
+    self.words = self.keys.view(np.uint32).reshape(rows, n, 2)  # little-endian: 0 = low
+    self.flip = np.empty((rows, n), np.uint32)
+    self.values = np.empty((rows, n), np.float32)
+    self.ranks = np.empty((rows, n), np.float32)
+    self.index = np.arange(n, dtype=np.uint32)
+    self.base = np.broadcast_to(np.arange(1, n + 1, dtype=np.float32), (rows, n))
+    self.offsets = (np.arange(rows) * n)[:, None]
+
+  def __call__(self, x):
+    """x [r, n] float32 -> (ascending values, average ranks), views valid until next call."""
+    r, n = x.shape
+    keys, words, flip = self.keys[:r], self.words[:r], self.flip[:r]
+    bits = (x + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0
+    # Negative floats: flip all bits; non-negative: set the sign bit. Order-preserving.
+    np.right_shift(bits.view(np.int32), 31, out=flip.view(np.int32))
+    np.bitwise_or(flip, _SIGN, out=flip)
+    words[..., 0] = self.index
+    np.bitwise_xor(flip, bits, out=words[..., 1])
+    keys.sort(axis=-1)
+    high = words[..., 1]
+    np.right_shift(high.view(np.int32), 31, out=flip.view(np.int32))
+    np.invert(flip, out=flip)
+    np.bitwise_or(flip, _SIGN, out=flip)
+    values = self.values[:r]
+    np.bitwise_xor(flip, high, out=values.view(np.uint32))
+    perm = words[..., 0].astype(np.intp) + self.offsets[:r]
+    ranks = self.ranks[:r]
+    ranks.reshape(-1)[perm.ravel()] = _average_ranks(values, self.base[:r]).ravel()
+    return values, ranks
+
+
+def _np_sort_and_rank_rows(x, sorted_out, ranks_out):
+  """numpy kernel: x [R, N] float32 -> ascending values and average ranks (1-based)."""
+  rows, n = x.shape
+  block = max(1, min(rows, _BLOCK_ELEMENTS // n))
+  sorter = _BlockSorter(block, n)
+  for lo in range(0, rows, block):
+    values, ranks = sorter(x[lo:lo + block])
+    sorted_out[lo:lo + block] = values
+    ranks_out[lo:lo + block] = ranks
+
+
+def _np_sort_and_rank(x):
+  x = np.asarray(x, np.float32)
+  flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+  sorted_out = np.empty_like(flat)
+  ranks_out = np.empty_like(flat)
+  _rowwise(_np_sort_and_rank_rows, (flat,), (sorted_out, ranks_out))
+  return sorted_out.reshape(x.shape), ranks_out.reshape(x.shape)
+
+
+def _np_pair_stats_rows(a, b, thresholds, concentration, gini, spearman, ks, kc):
+  """numpy kernel for `pair_order_stats` on rows a, b [P, N] (float64 accumulation)."""
+  pairs, n = a.shape
+  block = max(1, min(pairs, _BLOCK_ELEMENTS // (2 * n)))
+  sorter = _BlockSorter(2 * block, n)
+  weights = (2.0 * np.arange(1, n + 1) - n - 1) / n
+  kth = n - np.asarray(ks)
+  for lo in range(0, pairs, block):
+    r = min(block, pairs - lo)
+    values, ranks = sorter(np.concatenate([a[lo:lo + r], b[lo:lo + r]]))  # a rows, b rows
+    with np.errstate(all="ignore"):  # invalid maps give NaN/Inf here; callers mask them
+      total = values.sum(axis=1, dtype=np.float64)
+      two = lambda v: np.stack([v[:r], v[r:]], axis=1)  # [2r, ...] -> [r, 2, ...]
+      thresholds[lo:lo + r] = two(values[:, kth])
+      concentration[lo:lo + r] = two(values[:, n - kc:].sum(axis=1, dtype=np.float64) / total)
+      gini[lo:lo + r] = two((values @ weights) / total)
+      centred = ranks - np.float32((n + 1) / 2)  # exact: ranks are half-integers
+      ca, cb = centred[:r].astype(np.float64), centred[r:].astype(np.float64)
+      spearman[lo:lo + r] = np.einsum("ij,ij->i", ca, cb) / np.sqrt(
+          np.einsum("ij,ij->i", ca, ca) * np.einsum("ij,ij->i", cb, cb))
+
+
+def _np_pair_stats(a, b, ks, kc):
+  a = np.asarray(a, np.float32)
+  b = np.asarray(b, np.float32)
+  lead, n = a.shape[:-1], a.shape[-1]
+  a2 = np.ascontiguousarray(a.reshape(-1, n))
+  b2 = np.ascontiguousarray(b.reshape(-1, n))
+  p = a2.shape[0]
+  outs = (np.empty((p, 2, len(ks)), np.float32), np.empty((p, 2), np.float32),
+          np.empty((p, 2), np.float32), np.empty((p,), np.float32))
+  _rowwise(lambda *args: _np_pair_stats_rows(*args, ks=ks, kc=kc), (a2, b2), outs)
+  return tuple(o.reshape(lead + o.shape[1:]) for o in outs)
+
+
+def _np_sort_rows(x, out):
+  out[...] = np.sort(x + np.float32(0), axis=-1)
+
+
+def _np_sort(x):
+  x = np.asarray(x, np.float32)
+  flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+  out = np.empty_like(flat)
+  _rowwise(_np_sort_rows, (flat,), (out,))
+  return out.reshape(x.shape)
+
+
+def _callback_sort_and_rank(x):
+  shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  return jax.pure_callback(_np_sort_and_rank, (shape, shape), x, vmap_method="broadcast_all")
+
+
+def _callback_sort(x):
+  shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  return jax.pure_callback(_np_sort, shape, x, vmap_method="broadcast_all")
+
+
+def _xla_sort_and_rank(x):
+  n = x.shape[-1]
+  index = jnp.arange(n, dtype=jnp.int32)
+  values, perm = lax.sort((x + 0.0, index), num_keys=1, is_stable=True)
+  changes = values[1:] != values[:-1]
+  starts = jnp.concatenate([jnp.ones((1,), bool), changes])
+  ends = jnp.concatenate([changes, jnp.ones((1,), bool)])
+  first = lax.cummax(jnp.where(starts, index, 0))
+  last = lax.cummin(jnp.where(ends, index, n - 1), reverse=True)
+  avg = (first + last).astype(jnp.float32) / 2.0 + 1.0
+  ranks = jnp.zeros((n,), jnp.float32).at[perm].set(avg, unique_indices=True)
+  return values, ranks
+
+
+def _xla_sort(x):
+  return jnp.sort(x + 0.0)
+
+
+def _xla_pair_stats(a, b, ks, kc):
+  n = a.shape[0]
+  (va, ra), (vb, rb) = _xla_sort_and_rank(a), _xla_sort_and_rank(b)
+  values = jnp.stack([va, vb])
+  total = _fsum(values)
+  thresholds = values[:, n - jnp.asarray(ks)]
+  concentration = _fsum(values[:, n - kc:]) / total
+  weights = (2.0 * jnp.arange(1, n + 1, dtype=jnp.float32) - n - 1) / n
+  gini = _fsum(weights * values) / total
+  ca, cb = (ra - (n + 1) / 2.0) / n, (rb - (n + 1) / 2.0) / n
+  spearman = _fsum(ca * cb) / jnp.sqrt(_fsum(ca * ca) * _fsum(cb * cb))
+  return thresholds, concentration, gini, spearman
+
+
+def _fsum(x):
+  """Sum over the last axis in float32 with a two-level (blocked) reduction.
+
+  A single long float32 reduction loses about eps * N / lanes of relative precision; summing
+  blocks of 512 first keeps 224x224 maps within ~1e-7 of a float64 sum.
+  """
+  n = x.shape[-1]
+  block = 512
+  if n <= 2 * block:
+    return jnp.sum(x, axis=-1)
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, (-n) % block)])
+  return jnp.sum(jnp.sum(x.reshape(x.shape[:-1] + (-1, block)), axis=-1), axis=-1)
+
+
+def _callback_pair_stats(a, b, ks, kc):
+  p = len(ks)
+  shapes = (jax.ShapeDtypeStruct((2, p), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.float32),
+            jax.ShapeDtypeStruct((2,), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
+  fn = lambda x, y: _np_pair_stats(x, y, ks, kc)
+  return jax.pure_callback(fn, shapes, a, b, vmap_method="broadcast_all")
+
+
+def pair_order_stats(a, b, ks, kc, method="auto"):
+  """Every order statistic that the drift metrics need from a pair, from ONE sort per map.
+
+  On the CPU the numpy callback returns only these few numbers per pair: copying arrays
+  back out of a `pure_callback` cost more (~0.45 ms per 224x224 pair) than the sort itself.
+
+  Args:
+    a, b: [N] float32 flattened maps.
+    ks: ascending tuple of k: the k-th largest values to return (IoU thresholds).
+    kc: k of the top-k mass share (concentration).
+    method: "auto", "numpy" or "xla" (see the module docstring).
+
+  Returns:
+    dict with "thresholds" [2, len(ks)] (k-th largest value of a, b for each k),
+    "concentration" [2] (sum of the kc largest / sum), "gini" [2]
+    (sum_i (2i - N - 1) x_(i) / (N sum x)) and "spearman" (Pearson correlation of the
+    average ranks). Values for invalid or constant maps are meaningless (NaN or Inf):
+    callers mask them with their validity.
+  """
+  a = jnp.asarray(a, jnp.float32)
+  b = jnp.asarray(b, jnp.float32)
+  _check(a, method)
+  if a.shape != b.shape:
+    raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+  ks = tuple(int(k) for k in ks)
+  if list(ks) != sorted(ks) or not all(1 <= k <= a.shape[0] for k in ks + (kc,)):
+    raise ValueError(f"ks must be ascending and in [1, {a.shape[0]}], got {ks} and {kc}")
+  numpy_fn = lambda x, y: _callback_pair_stats(x, y, ks, int(kc))
+  xla_fn = lambda x, y: _xla_pair_stats(x, y, ks, int(kc))
+  if method == "numpy":
+    out = numpy_fn(a, b)
+  elif method == "xla":
+    out = xla_fn(a, b)
+  else:
+    out = lax.platform_dependent(a, b, cpu=numpy_fn, default=xla_fn)
+  return dict(zip(("thresholds", "concentration", "gini", "spearman"), out))
+
+
+def _check(x, method):
+  if method not in METHODS:
+    raise ValueError(f"unknown sort method {method!r}; expected one of {METHODS}")
+  if x.ndim != 1:
+    raise ValueError(f"expected one flattened map of shape [N], got shape {x.shape}; "
+                     "batch with jax.vmap")
+
+
+def _dispatch(x, method, numpy_fn, xla_fn):
+  if method == "numpy":
+    return numpy_fn(x)
+  if method == "xla":
+    return xla_fn(x)
+  return lax.platform_dependent(x, cpu=numpy_fn, default=xla_fn)
+
+
+def sort_and_rank(x, method="auto"):
+  """Sorts one flattened map and ranks it, sharing one sort.
+
+  Args:
+    x: [N] float32 map values.
+    method: "auto" (numpy callback on the CPU, XLA elsewhere), "numpy" or "xla".
+
+  Returns:
+    (values, ranks): values [N] ascending; ranks [N] float32 in the original order, 1-based,
+    ties sharing their mean rank (scipy.stats.rankdata's "average"). -0.0 counts as 0.0.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  _check(x, method)
+  return _dispatch(x, method, _callback_sort_and_rank, _xla_sort_and_rank)
+
+
+def sorted_values(x, method="auto"):
+  """Returns [N] the values of one flattened map [N] in ascending order."""
+  x = jnp.asarray(x, jnp.float32)
+  _check(x, method)
+  return _dispatch(x, method, _callback_sort, _xla_sort)
+
+
+def top_values(x, k, method="auto"):
+  """Returns [k] the k largest values of one flattened map [N], in descending order.
+
+  Selection, not a full sort, on the XLA path (`lax.top_k`). On the CPU the numpy path sorts:
+  with x86-simd-sort `np.sort` measured faster than `np.partition` (0.10 vs 0.19 ms per
+  224x224 map on the 2-core development machine) and much faster than XLA's `top_k`.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  _check(x, method)
+  k = int(k)
+  if not 1 <= k <= x.shape[0]:
+    raise ValueError(f"k must be in [1, {x.shape[0]}], got {k}")
+  numpy_fn = lambda v: _callback_sort(v)[::-1][:k]
+  xla_fn = lambda v: lax.top_k(v + 0.0, k)[0]
+  return _dispatch(x, method, numpy_fn, xla_fn)

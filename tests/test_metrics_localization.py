@@ -1,0 +1,63 @@
+"""Localisation against ground-truth masks, without Quantus's known bugs."""
+
+import numpy as np
+import pytest
+
+import jaxdrift as jd
+
+M = jd.metrics
+
+MASK = np.zeros((4, 5), bool)
+MASK[1:3, 1:3] = True  # 4 pixels
+
+
+def f(x):
+  return float(np.asarray(x))
+
+
+def test_pointing_game_hit_and_miss():
+  m = np.zeros((4, 5), np.float32)
+  m[2, 2] = 1.0
+  assert f(M.pointing_game(m, MASK)) == 1.0
+  m[0, 4] = 2.0
+  assert f(M.pointing_game(m, MASK)) == 0.0
+  # The peak (0, 4) is sqrt(5) px from the nearest mask pixel (1, 2).
+  assert f(M.pointing_game(m, MASK, tolerance=2.2)) == 0.0
+  assert f(M.pointing_game(m, MASK, tolerance=2.3)) == 1.0
+
+
+def test_pointing_game_all_equal_is_a_miss_and_invalid_is_nan():
+  assert f(M.pointing_game(np.full((4, 5), 3.0, np.float32), MASK)) == 0.0  # never a hit
+  assert np.isnan(f(M.pointing_game(np.zeros((4, 5), np.float32), MASK)))  # all-zero
+  nan_map = np.ones((4, 5), np.float32)
+  nan_map[1, 1] = np.nan
+  assert np.isnan(f(M.pointing_game(nan_map, MASK)))  # NaN is not True
+  inf_map = np.zeros((4, 5), np.float32)
+  inf_map[1, 1] = np.inf
+  assert np.isnan(f(M.pointing_game(inf_map, MASK)))
+  assert np.isnan(f(M.pointing_game(np.eye(4, 5, dtype=np.float32), np.zeros((4, 5), bool))))
+
+
+def test_energy_inside_and_mask_iou_hand():
+  m = np.zeros((4, 5), np.float32)
+  m[1, 1], m[2, 2], m[0, 0] = 3.0, 1.0, 4.0
+  assert f(M.energy_inside(m, MASK)) == pytest.approx(0.5)
+  # N = 20, q = 0.1 -> k = 2: top values 4 and 3 -> {(0,0), (1,1)}; with the mask: 1 / 5.
+  assert f(M.mask_iou(m, MASK, q=0.1)) == pytest.approx(1 / 5)
+  # q = 0.2 -> k = 4, threshold 0: only the 3 positive pixels: inter 2, union 5.
+  assert f(M.mask_iou(m, MASK, q=0.2)) == pytest.approx(2 / 5)
+
+
+def test_localize_batch_with_resolution():
+  maps = np.zeros((3, 2, 2), np.float32)
+  maps[0, 0, 0] = 1.0  # upsampled peak lands at the top-left corner
+  maps[1] = 1.0  # constant: a miss
+  # maps[2] all zero: invalid
+  masks = np.zeros((3, 4, 4), bool)
+  masks[:, :2, :2] = True
+  out = M.localize(maps, masks, resolution=(4, 4))
+  np.testing.assert_array_equal(np.asarray(out["pointing_game"])[:2], [1.0, 0.0])
+  assert np.isnan(out["pointing_game"][2]) and out["valid"].tolist() == [True, True, False]
+  assert f(out["energy_inside"][1]) == pytest.approx(0.25)
+  with pytest.raises(ValueError, match="masks"):
+    M.localize(maps, masks[:, :2])
