@@ -115,8 +115,6 @@ def _attribute(model, layers, requests, variables, images, weights, dynamic):
   results = {}
   cam = [r for r in requests if r.method in CAM_METHODS]
   if cam:
-    if len(layers) > 1 and any(r.method != "layercam" for r in cam):
-      raise ValueError("several layers (multi-layer fusion) are defined for layercam only")
     logits, acts, grads = _activations_and_gradients(model, variables, images, weights, layers)
     results.update({r.name: _cam_result(r, layers, logits, acts, grads) for r in cam})
   else:
@@ -173,6 +171,9 @@ def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoin
     raise ValueError("layer is only used by CAM methods; input-resolution methods "
                      "attribute to the input pixels")
   layers = checks.layers(model, layer, image_shape) if has_cam else ()
+  if len(layers) > 1 and any(r.method not in ("layercam",) + INPUT_METHODS for r in requests):
+    raise ValueError("several layers (multi-layer fusion) are defined for layercam only; "
+                     "compute other methods with one layer")
   batch = images.shape[0]
   weights = checks.target_weights(targets, batch, num_classes)
   dynamic = checks.dynamic_options(requests, options, images)
