@@ -127,7 +127,7 @@ def main(argv=None) -> None:
   parser.add_argument("--eager_images", type=int, default=1,
                       help="images for the eager per-image loop (0: skip; it is slow)")
   parser.add_argument("--layer", default=None, help="default: the canonical layer")
-  parser.add_argument("--checkpoint_map", default="map", choices=("map", "vmap"))
+  parser.add_argument("--checkpoint_map", default="unroll", choices=("unroll", "map", "vmap"))
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].platform}, "
         f"batch {args.batch}, LayerCAM + Grad-CAM++ (eq19), TL + FT", flush=True)

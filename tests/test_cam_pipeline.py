@@ -197,7 +197,7 @@ def test_batched_maps_equal_per_image_maps():
                                atol=1e-5 * float(np.abs(per_image).max()), err_msg=name)
 
 
-def test_pair_equals_each_checkpoint_alone_and_vmap_equals_map():
+def test_pair_equals_each_checkpoint_alone_in_every_checkpoint_mapping():
   model, tl = small(0)
   _, ft = small(1)
   x, targets = images(3, seed=3), np.array([1, 2, 0])
@@ -208,10 +208,11 @@ def test_pair_equals_each_checkpoint_alone_and_vmap_equals_map():
     for name in methods:
       np.testing.assert_allclose(pair[name].maps[i], alone[name].maps, rtol=1e-5, atol=1e-7)
       np.testing.assert_allclose(pair[name].logits[i], alone[name].logits, rtol=1e-5)
-  vmapped = jd.cam.compute_pair(model, tl, ft, x, targets, methods=methods, layer="relu1",
-                                checkpoint_map="vmap")
-  for name in methods:
-    np.testing.assert_allclose(vmapped[name].maps, pair[name].maps, rtol=1e-4, atol=1e-6)
+  for mode in ("map", "vmap"):
+    other = jd.cam.compute_pair(model, tl, ft, x, targets, methods=methods, layer="relu1",
+                                checkpoint_map=mode)
+    for name in methods:
+      np.testing.assert_allclose(other[name].maps, pair[name].maps, rtol=1e-4, atol=1e-6)
   assert not np.allclose(pair["layercam"].maps[0], pair["layercam"].maps[1])
 
 
@@ -268,7 +269,7 @@ def test_second_call_does_not_recompile():
   x = images(2, seed=5)
   jd.cam.compute(model, variables, x, np.array([0, 1]), "gradcam", layer="relu2")
   requests = jd.cam.checks.requests(("gradcam",), {})
-  program = core._program(model, ("relu2",), requests, False, "map")
+  program = core._program(model, ("relu2",), requests, False, "unroll")
   before = program._cache_size()
   jd.cam.compute(model, variables, x + 0.5, np.array([1, 1]), "gradcam", layer="relu2")
   assert program._cache_size() == before == 1

@@ -100,6 +100,8 @@ def check_images(images):
   if not hasattr(images, "ndim") or images.ndim != 4:
     raise ValueError(f"images must be an array [B, H, W, C], got shape "
                      f"{getattr(images, 'shape', type(images))}")
+  if images.shape[0] < 1:
+    raise ValueError("images is an empty batch [0, H, W, C]")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"images must be floating point and preprocessed "
                      f"(jd.models.preprocess), got dtype {images.dtype}")
