@@ -110,7 +110,8 @@ def bench(arch, args):
   err = max(float(jnp.max(jnp.abs(out["layercam"].maps[1, 0] - lc))) / float(jnp.max(lc)),
             float(jnp.max(jnp.abs(out["gradcam++"].maps[1, 0] - pp))) / float(jnp.max(pp)))
 
-  print(f"{arch:12s} {size:4d} {layer:10s} fwd x2 {t_fwd * 1e3:7.0f} ms  cam {min(t_cam) * 1e3:7.0f} ms"
+  print(f"{arch:12s} {size:4d} {layer:10s} fwd x2 {t_fwd * 1e3:7.0f} ms  "
+        f"cam {min(t_cam) * 1e3:7.0f} ms"
         f"  ratio {ratio:5.3f}  | {rate:6.2f} img/s  vs jit loop {jit_rate:6.2f} "
         f"({rate / jit_rate:4.1f}x)  vs eager loop {eager_rate:6.3f} ({rate / eager_rate:5.1f}x)"
         f"  | compile fwd {compile_fwd:4.1f}s cam {compile_cam:4.1f}s loop {compile_loop:4.1f}s"

@@ -75,7 +75,8 @@ def test_gradcam_pp_variants_match_the_reference_implementations():
   eq19 = jax.nn.relu(jd.cam.gradcam_pp_eq19(acts, grads))
   np.testing.assert_allclose(eq19, _pytorch_grad_cam_pp(acts, grads), rtol=1e-5)
   # The two variants are different methods, not two scalings of one.
-  ratio = np.asarray(eq19)[np.asarray(official) > 0] / np.asarray(official)[np.asarray(official) > 0]
+  eq19, official = np.asarray(eq19), np.asarray(official)
+  ratio = eq19[official > 0] / official[official > 0]
   assert ratio.std() / ratio.mean() > 0.05
 
 
