@@ -146,3 +146,38 @@ def test_pretrained_from_file_keeps_backbone_and_inits_head(case):
     want = {k: v for k, v in loaded[tree].items() if k != "predictions"}
     got = {k: v for k, v in variables[tree].items() if k != "predictions"}
     jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_cam_maps_are_computed_from_activations_that_match_keras(case):
+  """Attribution maps at the canonical layer and at an inner layer, against Keras.
+
+  At the canonical layer (a pooling head follows) the gradient has the closed form
+  g_k = W_kc / (h w), so the maps can be rebuilt from Keras alone: Keras's activation and
+  Keras's Dense kernel. At the inner layer the map is rebuilt from Keras's activation and
+  jaxdrift's gradient. The official Grad-CAM++ variant equals LayerCAM at the canonical layer.
+  """
+  variables = jd.models.load_keras_h5(case.arch, case.files.keras3_h5)
+  model = jd.models.create(case.arch, num_classes=NUM_CLASSES)
+  size = ODD_SIZE[case.arch]
+  x, targets = case.inputs[size], np.array([1, 5])
+  keras_acts = dict(zip(case.names, case.expected[size][1:]))
+  canonical, inner = case.names[0], case.names[-1]
+  methods = ("layercam", "gradcam++/eq19", "gradcam++/official")
+
+  kernel = np.asarray(case.files.model.get_layer("predictions").kernel)
+  a = keras_acts[canonical]
+  g = np.broadcast_to((kernel[:, targets].T / (a.shape[1] * a.shape[2]))[:, None, None, :],
+                      a.shape)
+  out = jd.cam.compute_many(model, variables, x, targets, methods=methods)
+  assert rel_err(out["layercam"].logits, case.expected[size][0]) <= TOL
+  for name in methods:
+    want = jax.nn.relu(jax.vmap(jd.cam.WEIGHTINGS[name])(a, g))
+    assert rel_err(out[name].maps, want) <= 1e-3, (canonical, name)
+  assert rel_err(out["gradcam++/official"].maps, out["layercam"].maps) <= 1e-4
+
+  _, acts, grads = jd.cam.activations_and_gradients(model, variables, x, targets, inner)
+  assert rel_err(acts[inner], keras_acts[inner]) <= TOL, inner
+  out = jd.cam.compute_many(model, variables, x, targets, methods=methods, layer=inner)
+  for name in methods:
+    want = jax.nn.relu(jax.vmap(jd.cam.WEIGHTINGS[name])(keras_acts[inner], grads[inner]))
+    assert rel_err(out[name].maps, want) <= 1e-3, (inner, name)

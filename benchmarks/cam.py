@@ -1,0 +1,144 @@
+"""Is attribution cheap? LayerCAM + Grad-CAM++ for both checkpoints vs two forward passes.
+
+For each architecture, at batch 8 and the default input size, all in this process:
+
+* forward: the TL and the FT forward passes alone (one jitted program with both; the
+  faster of that and two separate jitted calls is the baseline);
+* cam: `jd.cam.compute_pair(..., methods=("layercam", "gradcam++"))` end to end (host
+  checks, stacking, one program: per checkpoint one forward and one backward from the logit
+  to the layer, shared by both methods). Target: cam / forward <= 1.15 at the canonical
+  layer, where the backward pass only crosses the pooling head;
+* loops: a straightforward per-image loop, one image and one checkpoint at a time,
+  `jax.grad` of the logit with respect to the layer's activation (activations as aux, so one
+  pass), then both weightings: eager (no jit, as a first port would be; timed after a
+  warm-up image, since eager ops compile on first use), and the same function jitted (a
+  stronger baseline). Reported as images/s of the batched program over
+  images/s of each loop. Target: >= 5x against the straightforward loop.
+
+Timings are the minimum over --repeats runs after compiling, taken alternately so that both
+sides see the same machine load.
+
+    python -m benchmarks.cam [--archs densenet201,resnet50v2,inceptionv3] [--batch 8]
+        [--size 0 (default per arch)] [--repeats 3] [--eager_images 1] [--layer NAME]
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdrift as jd
+
+
+def timed(fn, *args):
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def per_image_fn(model, layer):
+  """LayerCAM + Grad-CAM++ (eq19) of ONE image [1, H, W, 3] for one class, via jax.grad."""
+
+  def maps(variables, image, target, zeros):
+    def score(delta):
+      logits, state = model.apply({**variables, "perturbations": {layer: delta}}, image,
+                                  train=False, mutable=["taps"])
+      return logits[0, target], state["taps"]["layers"][layer]
+
+    grads, acts = jax.grad(score, has_aux=True)(zeros)
+    a, g = acts[0], grads[0]
+    return (jax.nn.relu(jd.cam.layercam(a, g)), jax.nn.relu(jd.cam.gradcam_pp_eq19(a, g)))
+
+  return maps
+
+
+def bench(arch, args):
+  size = args.size or jd.models.default_input_size(arch)
+  layer = args.layer or jd.models.default_cam_layer(arch)
+  model = jd.models.create(arch, num_classes=5)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 3)), jnp.float32)
+  targets = rng.integers(0, 5, args.batch)
+  init = jax.jit(model.init, static_argnames="train")
+  tl = init(jax.random.key(0), x[:1], train=False)
+  ft = init(jax.random.key(1), x[:1], train=False)
+
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  both = jax.jit(lambda a, b, x: (model.apply(a, x, train=False),
+                                  model.apply(b, x, train=False)))
+  separate = lambda a, b, x: (apply(a, x), apply(b, x))  # noqa: E731
+  cam = lambda a, b, x: jd.cam.compute_pair(  # noqa: E731
+      model, a, b, x, targets, methods=("layercam", "gradcam++"), layer=layer,
+      checkpoint_map=args.checkpoint_map)
+
+  compile_fwd = timed(both, tl, ft, x) + timed(separate, tl, ft, x)
+  compile_cam = timed(cam, tl, ft, x)
+  t_both, t_sep, t_cam = [], [], []
+  for _ in range(args.repeats):
+    t_both.append(timed(both, tl, ft, x))
+    t_sep.append(timed(separate, tl, ft, x))
+    t_cam.append(timed(cam, tl, ft, x))
+  t_fwd = min(min(t_both), min(t_sep))
+  ratio = min(t_cam) / t_fwd
+
+  # Straightforward per-image loops (images/s for both checkpoints and both methods).
+  maps = per_image_fn(model, layer)
+  shape = jd.models.layer_shapes(model, (1, size, size, 3))[layer].shape
+  zeros = jnp.zeros(shape, jnp.float32)
+
+  def loop(fn, n):
+    start = time.perf_counter()
+    for i in range(n):
+      for variables in (tl, ft):
+        jax.block_until_ready(fn(variables, x[i:i + 1], int(targets[i]), zeros))
+    return n / (time.perf_counter() - start)
+
+  jitted = jax.jit(maps)
+  compile_loop = timed(jitted, tl, x[:1], int(targets[0]), zeros)
+  jit_rate = max(loop(jitted, args.batch) for _ in range(args.repeats))
+  eager_rate = float("nan")
+  if args.eager_images:
+    maps(tl, x[:1], int(targets[0]), zeros)  # eager ops compile on first use: warm up
+    eager_rate = loop(maps, args.eager_images)
+  rate = args.batch / min(t_cam)
+
+  # Check that the loop and the batched program agree (they compute the same maps).
+  out = cam(tl, ft, x)
+  lc, pp = jitted(ft, x[:1], int(targets[0]), zeros)
+  err = max(float(jnp.max(jnp.abs(out["layercam"].maps[1, 0] - lc))) / float(jnp.max(lc)),
+            float(jnp.max(jnp.abs(out["gradcam++"].maps[1, 0] - pp))) / float(jnp.max(pp)))
+
+  print(f"{arch:12s} {size:4d} {layer:10s} fwd x2 {t_fwd * 1e3:7.0f} ms  "
+        f"cam {min(t_cam) * 1e3:7.0f} ms"
+        f"  ratio {ratio:5.3f}  | {rate:6.2f} img/s  vs jit loop {jit_rate:6.2f} "
+        f"({rate / jit_rate:4.1f}x)  vs eager loop {eager_rate:6.3f} ({rate / eager_rate:5.1f}x)"
+        f"  | compile fwd {compile_fwd:4.1f}s cam {compile_cam:4.1f}s loop {compile_loop:4.1f}s"
+        f"  | max rel diff loop vs batched {err:.1e}", flush=True)
+  return ratio, rate / jit_rate, rate / eager_rate
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--archs", default=",".join(jd.models.ARCHS))
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--size", type=int, default=0, help="0: the architecture's default")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--eager_images", type=int, default=1,
+                      help="images for the eager per-image loop (0: skip; it is slow)")
+  parser.add_argument("--layer", default=None, help="default: the canonical layer")
+  parser.add_argument("--checkpoint_map", default="unroll", choices=("unroll", "map", "vmap"))
+  args = parser.parse_args(argv)
+  print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].platform}, "
+        f"batch {args.batch}, LayerCAM + Grad-CAM++ (eq19), TL + FT", flush=True)
+  results = {arch: bench(arch, args) for arch in args.archs.split(",")}
+  print("\narch          cam/forward (target <= 1.15)   speed-up vs jit loop   "
+        "vs eager loop (target >= 5)")
+  for arch, (ratio, vs_jit, vs_eager) in results.items():
+    print(f"{arch:12s}  {ratio:10.3f}                     {vs_jit:8.1f}x            "
+          f"{vs_eager:8.1f}x")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,224 @@
+"""Host-side checks of an attribution request, run before anything is traced.
+
+Layer names (with the list of valid ones on error), target shapes and ranges, finite
+inputs, method names and options, PRNG keys. Model shapes come from `jax.eval_shape`
+(nothing is computed) and are cached per (model, image shape).
+"""
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdrift import models
+from jaxdrift.cam import input_grads, methods as weightings
+from jaxdrift.models.layers import TAPS
+
+CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam")
+INPUT_METHODS = ("integrated_gradients", "smoothgrad", "expected_gradients")
+METHODS = CAM_METHODS + INPUT_METHODS
+
+# Options each method accepts: static ones (part of the compiled program) with defaults, and
+# array-valued ones passed to the program at run time.
+_STATIC = {
+    "gradcam": {}, "hirescam": {}, "xgradcam": {},
+    "layercam": {"gamma": 2.0},
+    "gradcam++": {"variant": "eq19"},
+    "integrated_gradients": {"steps": 64, "rule": "trapezoid", "batch_points": 8,
+                             "reduction": "relu"},
+    "smoothgrad": {"n_samples": 25, "noise_level": 0.15, "batch_points": 8,
+                   "reduction": "abs"},
+    "expected_gradients": {"n_samples": 32, "batch_points": 8, "reduction": "relu"},
+}
+_DYNAMIC = {"integrated_gradients": ("baseline",), "smoothgrad": ("key",),
+            "expected_gradients": ("key", "baselines")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  name: str  # the key of the result, as the user wrote the method
+  method: str  # one of METHODS
+  static: tuple  # sorted (option, value) pairs
+
+
+@functools.lru_cache(maxsize=32)
+def model_info(model, image_shape: tuple):
+  """(number of logits, {layer: per-image output shape} in model order), shapes only."""
+  x = jax.ShapeDtypeStruct((1,) + image_shape, jnp.float32)
+  order = []
+
+  def run(x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits, state = model.apply(variables, x, train=False, mutable=[TAPS])
+    layers = state.get(TAPS, {}).get("layers", {})
+    order.extend(layers)  # at trace time, in model order
+    return logits, layers
+
+  logits, layers = jax.eval_shape(run, x)
+  if logits.ndim != 2:
+    raise ValueError(f"attribution needs a model that returns logits [B, classes]; "
+                     f"{type(model).__name__} returns shape {logits.shape} (include_top?)")
+  return logits.shape[-1], {n: jax.ShapeDtypeStruct(layers[n].shape[1:], layers[n].dtype)
+                            for n in order}
+
+
+@functools.cache
+def _default_layers():
+  return {type(models.create(a)): models.default_cam_layer(a) for a in models.SPECS}
+
+
+def layers(model, layer, image_shape) -> tuple:
+  """Validated tuple of layer names (default: the architecture's canonical feature map)."""
+  if layer is None:
+    try:
+      layer = _default_layers()[type(model)]
+    except KeyError:
+      raise ValueError(f"no default attribution layer for {type(model).__name__}; pass "
+                       f"layer=<name>") from None
+  names = (layer,) if isinstance(layer, str) else tuple(layer)
+  if not names:
+    raise ValueError("layer is an empty list; pass at least one layer name")
+  _, shapes = model_info(model, image_shape)
+  valid = [n for n, s in shapes.items() if len(s.shape) == 3]
+  unknown = [n for n in names if n not in valid]
+  if unknown:
+    raise ValueError(
+        f"{', '.join(map(repr, unknown))}: not a layer of {type(model).__name__} with a 4-D "
+        f"output at input {image_shape}; valid names (model order): {', '.join(valid)}")
+  return names
+
+
+@functools.cache
+def _all_finite_fn():
+  return jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
+
+
+def check_images(images):
+  if not hasattr(images, "ndim") or images.ndim != 4:
+    raise ValueError(f"images must be an array [B, H, W, C], got shape "
+                     f"{getattr(images, 'shape', type(images))}")
+  if images.shape[0] < 1:
+    raise ValueError("images is an empty batch [0, H, W, C]")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"images must be floating point and preprocessed "
+                     f"(jd.models.preprocess), got dtype {images.dtype}")
+  if not bool(_all_finite_fn()(images)):
+    raise ValueError("images contain NaN or infinite values; fix the inputs (attribution "
+                     "maps of non-finite inputs are meaningless)")
+
+
+def target_weights(targets, batch: int, num_classes: int) -> jax.Array:
+  """Validated logit weights [B, num_classes] float32 from class ids [B] or weights [B, K].
+
+  Raises:
+    ValueError: a scalar or a length other than B (never broadcast), ids out of range,
+      weights of the wrong shape or not finite.
+  """
+  t = np.asarray(targets)
+  if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer)
+                             or np.issubdtype(t.dtype, np.floating)):
+    raise ValueError(f"targets must be int class ids [B] or float logit weights [B, K], "
+                     f"got dtype {t.dtype}")
+  if np.issubdtype(t.dtype, np.integer):
+    if t.shape != (batch,):
+      raise ValueError(f"integer targets must have shape [B] = ({batch},), one class per "
+                       f"image, got shape {t.shape}; a single class is not broadcast, pass "
+                       f"np.full({batch}, c)")
+    bad = (t < 0) | (t >= num_classes)
+    if bad.any():
+      raise ValueError(f"targets out of range [0, {num_classes}): {t[bad][:10].tolist()} at "
+                       f"images {np.flatnonzero(bad)[:10].tolist()}")
+    return jax.nn.one_hot(t, num_classes, dtype=jnp.float32)
+  if t.shape != (batch, num_classes):
+    raise ValueError(f"float targets are logit weights of shape [B, K] = ({batch}, "
+                     f"{num_classes}), got shape {t.shape}; for class ids use integers")
+  if not np.isfinite(t).all():
+    raise ValueError("float targets (logit weights) contain NaN or infinite values")
+  return jnp.asarray(t, jnp.float32)
+
+
+def requests(methods: Sequence[str], options: dict) -> tuple:
+  """Validated requests, one per method, and the options each takes (unknown ones raise)."""
+  out, used = [], set()
+  for name in methods:
+    method, _, variant = name.partition("/")
+    if method not in METHODS or (variant and method != "gradcam++"):
+      raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)} "
+                       f"(or 'gradcam++/eq19', 'gradcam++/official')")
+    static = dict(_STATIC[method])
+    for opt in static:
+      if opt in options:
+        static[opt] = options[opt]
+        used.add(opt)
+    if variant:
+      static["variant"] = variant
+    used.update(o for o in _DYNAMIC.get(method, ()) if o in options)
+    _check_static(method, static)
+    out.append(Request(name, method, tuple(sorted(static.items()))))
+  unknown = sorted(set(options) - used)
+  if unknown:
+    raise ValueError(f"option(s) {', '.join(unknown)} not used by method(s) "
+                     f"{', '.join(methods)}")
+  return tuple(out)
+
+
+def _check_static(method, opts):
+  if method == "gradcam++" and opts["variant"] not in weightings.GRADCAM_PP_VARIANTS:
+    raise ValueError(f"gradcam++ variant must be one of "
+                     f"{weightings.GRADCAM_PP_VARIANTS}, got {opts['variant']!r}")
+  if "reduction" in opts and opts["reduction"] not in ("relu", "abs"):
+    raise ValueError(f"reduction must be 'relu' or 'abs', got {opts['reduction']!r}")
+  if method == "integrated_gradients":
+    input_grads.quadrature(opts["steps"], opts["rule"])  # raises on bad values
+  for opt in ("n_samples", "batch_points"):
+    if opt in opts and (not isinstance(opts[opt], int) or opts[opt] < 1):
+      raise ValueError(f"{opt} must be a positive int, got {opts[opt]!r}")
+
+
+def _per_image_keys(key, batch: int):
+  if key is None:
+    raise ValueError("smoothgrad and expected_gradients need key=jax.random.key(seed) (or "
+                     "one key per image, [B])")
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    raise ValueError(f"key must be a typed key from jax.random.key(seed), got dtype "
+                     f"{key.dtype}")
+  if key.shape == ():
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
+  if key.shape != (batch,):
+    raise ValueError(f"key must be one key or one key per image [{batch}], got {key.shape}")
+  return key
+
+
+def dynamic_options(requests, options, images):
+  """Run-time array options per request: {name: {option: array}}; batch arrays first."""
+  batch, image_shape = images.shape[0], images.shape[1:]
+  out = {}
+  for r in requests:
+    d = {}
+    if r.method == "integrated_gradients":
+      base = jnp.asarray(options.get("baseline", 0.0), jnp.float32)
+      try:
+        d["baseline"] = jnp.broadcast_to(base, images.shape)
+      except ValueError:
+        raise ValueError(f"baseline of shape {base.shape} does not broadcast to the images "
+                         f"{images.shape}") from None
+      if not bool(_all_finite_fn()(d["baseline"])):
+        raise ValueError("baseline contains NaN or infinite values")
+    if r.method in ("smoothgrad", "expected_gradients"):
+      d["keys"] = _per_image_keys(options.get("key"), batch)
+    if r.method == "expected_gradients":
+      if "baselines" not in options:
+        raise ValueError("expected_gradients needs baselines=[M, H, W, C], a reference "
+                         "sample of preprocessed images (e.g. training images)")
+      bases = jnp.asarray(options["baselines"], jnp.float32)
+      if bases.ndim != 4 or bases.shape[1:] != image_shape or bases.shape[0] < 1:
+        raise ValueError(f"baselines must have shape [M, {', '.join(map(str, image_shape))}], "
+                         f"got {bases.shape}")
+      check_images(bases)
+      d["baselines"] = bases
+    out[r.name] = d
+  return out

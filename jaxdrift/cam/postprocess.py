@@ -1,0 +1,42 @@
+"""Named post-processing steps for raw maps: upsampling and normalisation."""
+
+import jax
+import jax.numpy as jnp
+
+
+def upsample(maps, size):
+  """Bilinear resize of maps [B, h, w] (or [h, w]) to `size` = (H, W), float32.
+
+  `jax.image.resize(method="bilinear")` samples at half-pixel centres (output pixel i reads
+  input coordinate (i + 0.5) * h / H - 0.5) and clamps at the border: the convention of
+  OpenCV's cv2.resize(INTER_LINEAR) that pytorch-grad-cam uses (tf-keras-vis uses
+  scipy.ndimage.zoom order 1, captum nearest, xplique bicubic). Non-negative maps stay
+  non-negative and an all-zero map stays zero.
+  """
+  maps = jnp.asarray(maps, jnp.float32)
+  return jax.image.resize(maps, maps.shape[:-2] + tuple(size), "bilinear")
+
+
+def normalize(maps, mode: str = "max"):
+  """Per-map normalisation, a separate step (drift metrics use raw maps).
+
+  Args:
+    maps: [..., h, w].
+    mode: "max" (m / max m), "minmax" ((m - min) / (max - min)) or "sum" (m / sum m).
+
+  Returns:
+    Maps of the same shape; an all-zero (or constant, for "minmax") map becomes zeros,
+    never NaN.
+  """
+  maps = jnp.asarray(maps, jnp.float32)
+  axes = (-2, -1)
+  if mode == "max":
+    num, den = maps, jnp.max(maps, axis=axes, keepdims=True)
+  elif mode == "minmax":
+    low = jnp.min(maps, axis=axes, keepdims=True)
+    num, den = maps - low, jnp.max(maps, axis=axes, keepdims=True) - low
+  elif mode == "sum":
+    num, den = maps, jnp.sum(maps, axis=axes, keepdims=True)
+  else:
+    raise ValueError(f"mode must be 'max', 'minmax' or 'sum', got {mode!r}")
+  return jnp.where(den != 0, num / jnp.where(den != 0, den, 1.0), 0.0)
