@@ -146,11 +146,11 @@ def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:
   elif name == "demo":
     base = TrainConfig(
         arch=arch, reduced=True, preset="demo", data="phantoms",
-        data_options={"image_size": 64, "num_train": 2000, "num_validation": 500,
+        data_options={"image_size": 64, "num_train": 6000, "num_validation": 500,
                       "num_test": 500, "seed": 0},
-        weights="none", batch_size=32, epochs_tl=3, epochs_ft=6, lr_tl=3e-3, lr_ft=1e-3,
-        schedule="cosine", dropout_rate=0.0, augment=False, pretrain_epochs=4,
-        pretrain_examples=2000, pretrain_lr=3e-3)
+        weights="none", batch_size=32, epochs_tl=2, epochs_ft=6, lr_tl=3e-3, lr_ft=2e-3,
+        schedule="cosine", dropout_rate=0.0, augment=False, pretrain_epochs=3,
+        pretrain_examples=3000, pretrain_lr=3e-3)
   elif name == "smoke":
     base = TrainConfig(
         arch=arch, reduced=True, preset="smoke", data="phantoms/small", weights="none",
@@ -158,6 +158,8 @@ def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:
         augment=False, max_steps_per_epoch=3)
   else:
     raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+  if overrides.get("data", base.data) != base.data and "data_options" not in overrides:
+    overrides["data_options"] = {}  # a preset's builder options belong to its own dataset
   return dataclasses.replace(base, **overrides).validate()
 
 

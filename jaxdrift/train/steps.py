@@ -176,8 +176,12 @@ def eval_step(state, batch: dict, *, phase: Phase) -> dict:
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places every array of `tree` on all devices of `mesh`, replicated."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  """Copies every array of `tree` onto all devices of `mesh`, replicated.
+
+  Always a copy (never an alias), so donating the result to a jitted step never deletes
+  the caller's arrays.
+  """
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()), may_alias=False)
 
 
 def jit_train_step(phase: Phase, mesh: jax.sharding.Mesh, donate: bool = True):
