@@ -74,10 +74,13 @@ def main(argv=None) -> dict:
     parser().error(str(e))
   workdir = args.workdir or f"runs/{args.arch}-{args.preset}"
   try:
-    return jd.train.train(config, workdir, progress=not args.no_progress)
+    summary = jd.train.train(config, workdir, progress=not args.no_progress)
   except (jd.train.WorkdirError, jd.train.CheckpointError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None
+  if args.no_progress:  # with progress on, train() has printed it already
+    print(jd.train.summary_table(summary))
+  return summary
 
 
 if __name__ == "__main__":
