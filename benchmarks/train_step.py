@@ -1,0 +1,138 @@
+"""Is training as cheap as it should be? Step time / forward time, and images/s vs Keras.
+
+For each architecture, in this process on this machine, at batch 8 and the default size:
+
+  forward   jitted inference forward pass (the baseline)
+  phase 1   jaxdrift train step with the backbone frozen (BN inference, no backward
+            through the backbone): target <= 1.3x forward
+  phase 2   jaxdrift train step on all layers (BN inference, as the Keras recipe)
+  keras 1/2 Keras 3 (JAX backend) `train_on_batch` of the same model and phases: base model
+            called with training=False, `base.trainable = False` then True, Adam; target:
+            jaxdrift images/s >= Keras in both phases
+
+    python -m benchmarks.train_step [--archs resnet50v2,inceptionv3] [--batch-size 8]
+                                    [--steps 5] [--no-keras] [--reduced]
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxdrift as jd  # noqa: E402
+from jaxdrift.train import state as state_lib  # noqa: E402
+from jaxdrift.train import steps  # noqa: E402
+
+NUM_CLASSES = 5
+
+
+def _time(fn, steps_: int) -> float:
+  """Median seconds per call after one warm-up (compile) call; fn returns what to block on."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps_):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int) -> dict:
+  mesh = jd.data.default_mesh()
+  rng = np.random.default_rng(0)
+  batch = jd.data.to_device({
+      "image": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
+      "label": (np.arange(batch_size) % NUM_CLASSES).astype(np.int32),
+      "mask": np.ones(batch_size, bool)}, mesh)
+  variables = jd.models.pretrained(arch, NUM_CLASSES, weights="none", key=jax.random.key(0),
+                                   input_size=size)
+  model = jd.models.create(arch, NUM_CLASSES)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  out = {"forward": _time(lambda: forward(variables, batch["image"]), steps_)}
+  phase = steps.Phase(backbone=jd.models.create(arch, include_top=False),
+                      num_classes=NUM_CLASSES)
+  key = jax.random.key(0)
+  for name, trainable in (("phase1", ("predictions",)), ("phase2", None)):
+    params = variables["params"]
+    frozen = state_lib.frozen_paths(params, trainable)
+    tx = state_lib.make_optimizer(1e-4, params=params, frozen=frozen)
+    holder = [steps.replicate(state_lib.TrainState.create(
+        params=params, batch_stats=variables["batch_stats"], tx=tx, frozen=frozen), mesh)]
+    step = steps.jit_train_step(phase, mesh)
+
+    def run():
+      holder[0], metrics = step(holder[0], batch, key)
+      return metrics
+    out[name] = _time(run, steps_)
+  return out
+
+
+_KERAS = {"densenet201": "DenseNet201", "resnet50v2": "ResNet50V2",
+          "inceptionv3": "InceptionV3"}
+
+
+def keras_times(arch: str, batch_size: int, size: int, steps_: int) -> dict:
+  import keras
+
+  keras.backend.clear_session()
+  base = getattr(keras.applications, _KERAS[arch])(weights=None, include_top=False,
+                                                   input_shape=(size, size, 3))
+  inputs = keras.Input((size, size, 3))
+  x = base(inputs, training=False)  # BN in inference mode in both phases (Keras recipe)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  outputs = keras.layers.Dense(NUM_CLASSES)(x)
+  model = keras.Model(inputs, outputs)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
+  y = (np.arange(batch_size) % NUM_CLASSES).astype(np.int32)
+  out = {}
+  for name, trainable in (("phase1", False), ("phase2", True)):
+    base.trainable = trainable
+    model.compile(optimizer=keras.optimizers.Adam(1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    out[name] = _time(lambda: model.train_on_batch(x, y), steps_)
+  return out
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--archs", default=",".join(jd.models.ARCHS),
+                      help="comma-separated architectures (default: all three)")
+  parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+  parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
+  parser.add_argument("--reduced", action="store_true",
+                      help="time the reduced variants (no Keras baseline for those)")
+  args = parser.parse_args(argv)
+  print(f"devices: {jax.devices()}, batch {args.batch_size}")
+  header = (f"{'arch':<18}{'size':>5}{'fwd ms':>9}{'p1/fwd':>8}{'p2/fwd':>8}"
+            f"{'p1 img/s':>10}{'keras':>8}{'ratio':>7}{'p2 img/s':>10}{'keras':>8}{'ratio':>7}")
+  print(header, flush=True)
+  for arch in args.archs.split(","):
+    name = jd.models.TINY[arch] if args.reduced else arch
+    size = jd.models.default_input_size(name)
+    t = jaxdrift_times(name, args.batch_size, size, args.steps)
+    k = ({} if args.no_keras or args.reduced else
+         keras_times(arch, args.batch_size, size, args.steps))
+    b = args.batch_size
+    cells = [f"{name:<18}{size:>5}{1000 * t['forward']:>9.1f}"
+             f"{t['phase1'] / t['forward']:>8.2f}{t['phase2'] / t['forward']:>8.2f}"]
+    for phase in ("phase1", "phase2"):
+      mine = b / t[phase]
+      if phase in k:
+        theirs = b / k[phase]
+        cells.append(f"{mine:>10.1f}{theirs:>8.1f}{mine / theirs:>7.2f}")
+      else:
+        cells.append(f"{mine:>10.1f}{'-':>8}{'-':>7}")
+    print("".join(cells), flush=True)
+  print("\np1/fwd, p2/fwd: train step time over forward time (target p1 <= 1.3); ratio: "
+        "jaxdrift images/s over Keras train_on_batch images/s (target >= 1)")
+
+
+if __name__ == "__main__":
+  main()
