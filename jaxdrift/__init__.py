@@ -1,14 +1,15 @@
 """jaxdrift: how fine-tuning moves a classifier's visual evidence, in JAX/Flax.
 
 Subpackages are imported on first use, so ``import jaxdrift as jd`` is cheap and has no side
-effects: ``jd.models``, ``jd.data``, ``jd.train``, ``jd.cam``, ``jd.metrics``, ``jd.report``.
+effects: ``jd.models``, ``jd.data``, ``jd.train``, ``jd.cam``, ``jd.metrics``, ``jd.study``,
+``jd.report``.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("models", "data", "train", "cam", "metrics", "report", "distributed")
+_SUBMODULES = ("models", "data", "train", "cam", "metrics", "study", "report")
 
 
 def __getattr__(name):

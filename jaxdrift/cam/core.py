@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxdrift import distributed
 from jaxdrift.cam import checks, input_grads, methods as weightings
 from jaxdrift.cam.checks import CAM_METHODS, INPUT_METHODS
 from jaxdrift.models.layers import PERTURBATIONS, TAPS
@@ -155,12 +156,7 @@ def _mesh(mesh):
   The program relies on sharding propagation (batch in, batch out); explicit axis types
   would make every vmap over the batch a sharding-typed operation.
   """
-  if mesh is None:
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-  if "data" not in mesh.axis_names:
-    raise ValueError(f"mesh needs a 'data' axis, got axes {mesh.axis_names}")
-  auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
-  return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+  return distributed.auto_mesh(mesh)
 
 
 def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoint_map,

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from jaxdrift import distributed
 from jaxdrift.models import registry
 
 _PAD = -1
@@ -168,8 +169,8 @@ class _Indexed:
 
 
 def default_mesh() -> jax.sharding.Mesh:
-  """1-D mesh over every device (all hosts) with axis name "data"."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  """1-D mesh over every device (all hosts) with axis name "data" (`jaxdrift.distributed`)."""
+  return distributed.data_mesh()
 
 
 def _eval_positions(n, batch_size, process_index, process_count):

@@ -13,18 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxdrift import distributed
 from jaxdrift.metrics.drift import as_map_batch, chunk_size, make_params, pair_metrics
 
-DATA_AXIS = "data"
+DATA_AXIS = distributed.DATA_AXIS
 
 
-def data_mesh(devices=None):
-  """A 1-D mesh with axis "data" over `devices` (default: all visible devices)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.array(devices), (DATA_AXIS,))
+data_mesh = distributed.data_mesh
 
 
 def _masked_metrics(maps_a, maps_b, mask, params):

@@ -1,0 +1,148 @@
+"""The study's report: tables (Markdown, JSON) and figures (PNG) from drift-stage outputs.
+
+    jaxdrift.report.build_report(["runs/densenet201", "runs/resnet50v2"], "runs/report")
+
+Every number in the tables is recomputed here from the per-sample CSVs
+(DIR/drift/samples.csv) with `jaxdrift.metrics.stats`, so a table cell can always be traced
+back to samples; classification metrics come from DIR/summary.json, nulls and localisation
+from DIR/drift/aggregates.json, training curves from DIR/metrics.jsonl.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+from jaxdrift.metrics import stats
+from jaxdrift.report import figures, tables
+from jaxdrift.study import results
+
+__all__ = ["build_report", "load_runs", "combined_table"]
+
+
+def load_runs(workdirs) -> list[dict]:
+  """Reads each workdir's drift outputs; raises FileNotFoundError naming a missing stage."""
+  runs = []
+  for workdir in map(pathlib.Path, workdirs):
+    samples = workdir / "drift" / "samples.csv"
+    if not samples.exists():
+      raise FileNotFoundError(f"{samples} is missing: run `python -m experiments.drift "
+                              f"--workdir {workdir}` first")
+    run = results.read_json(workdir / "drift" / "aggregates.json")
+    run["workdir"] = str(workdir)
+    run["table"] = results.read_table(samples)
+    examples = workdir / "drift" / "examples.npz"
+    run["examples"] = dict(np.load(examples, allow_pickle=False)) if examples.exists() else {}
+    log = workdir / "metrics.jsonl"
+    run["log"] = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+    epochs = workdir / "drift" / "epochs.csv"
+    run["epoch_table"] = results.read_table(epochs) if epochs.exists() else None
+    runs.append(run)
+  return runs
+
+
+def combined_table(runs) -> dict:
+  """One table over all runs. Layers are compared by their specification ("canonical" is
+  relu / post_relu / mixed10 depending on the architecture); with several, methods are
+  named "method@spec"."""
+  table = results.concat([r["table"] for r in runs])
+  if len(set(table["layer_spec"])) > 1:
+    table["method"] = np.array(
+        [f"{m}@{l}" for m, l in zip(table["method"], table["layer_spec"])], object)
+  return table
+
+
+def build_report(workdirs, out_dir=None) -> dict:
+  """Writes report.md, report.json and figures/*.png; returns paths and panel counts.
+
+  Args:
+    workdirs: training workdirs whose drift stage has run (one per architecture).
+    out_dir: where to write (default: the first workdir's parent / "report").
+
+  Returns:
+    {"report": path of report.md, "json": path, "figures": {name: {"path", "panels"}}}.
+  """
+  runs = load_runs(workdirs)
+  out_dir = pathlib.Path(out_dir or pathlib.Path(runs[0]["workdir"]).parent / "report")
+  (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+  selection = runs[0]["config"]["selection"]
+  table = combined_table(runs)
+  metric_names = [m for m in stats.DRIFT_DIRECTION if m in table]
+  headline = [m for m in tables.HEADLINE if m in table]
+  summary = stats.summarize(table, metrics=metric_names, selection=selection, per_class=False,
+                            seed=runs[0]["config"]["seed"])
+  main_md, cells = tables.drift_table(summary, headline)
+  extra_md, extra_cells = tables.drift_table(summary, [m for m in metric_names
+                                                       if m not in headline])
+  ranking_md, rankings = tables.ranking_table(summary, metric_names)
+
+  figs = {}
+  selected = results.subset(table, stats.select(table["label"], table["tl_pred"],
+                                                table["ft_pred"], selection))
+
+  def add(name, draw, *args):
+    path = out_dir / "figures" / f"{name}.png"
+    figs[name] = {"path": str(path), "panels": draw(*args, path)}
+
+  add("distributions", figures.distributions, selected, headline)
+  methods = sorted(set(table["method"]))
+  if len(methods) >= 2 and len(runs) >= 2:
+    add("ranking_slopes", figures.ranking_slopes, rankings, methods[:2], headline)
+  add("training_curves", figures.training_curves,
+      {r["arch"]: r["log"] for r in runs})
+  for run in runs:
+    ex = run["examples"]
+    for key in sorted(k for k in ex if k.endswith("|label")):
+      method, layer = key.split("|")[:2]
+      prefix = f"{method}|{layer}"
+      part = {f: ex[f"{prefix}|{f}"] for f in ("label", "image", "tl", "ft", "id")}
+      first_per_class = np.unique(part["label"], return_index=True)[1]
+      part = {f: v[first_per_class] for f, v in part.items()}
+      name = f"overlay_{run['arch']}_{method.replace('+', 'p')}_{layer}"
+      add(name, figures.overlays, part, run["class_names"],
+          f"{run['arch']}, {method} at {layer}: TL vs FT")
+  epoch_rows = [dict(r, arch=run["arch"]) for run in runs for r in run.get("epochs", [])]
+  if epoch_rows:
+    add("epoch_drift", figures.epoch_drift, epoch_rows, headline)
+  loc_rows = [dict(r, arch=run["arch"]) for run in runs for r in run.get("localization", [])]
+  if loc_rows:
+    add("localization", figures.localization, loc_rows)
+
+  md = _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_names, figs,
+                 out_dir)
+  (out_dir / "report.md").write_text(md)
+  data = {"selection": selection, "drift": cells + extra_cells, "rankings": rankings,
+          "reversals": stats.ranking_reversals(summary, metrics=metric_names),
+          "figures": figs}
+  results.write_json(data, out_dir / "report.json")
+  return {"report": out_dir / "report.md", "json": out_dir / "report.json", "figures": figs}
+
+
+def _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_names, figs,
+              out_dir) -> str:
+  layers = ", ".join(sorted({f"{r['arch']}: {', '.join(r['layers'].values())}" for r in runs}))
+  parts = [
+      "# Drift of the evidence between the transfer-learning and fine-tuned checkpoints", "",
+      f"Architectures (as trained): {', '.join(r['model_arch'] for r in runs)}. Layers: "
+      f"{layers}. Samples: selection `{selection}` (true class = arg-max prediction of "
+      "both checkpoints for `both`). Maps are compared at the input resolution after "
+      "bilinear upsampling. Cells: mean ± sd [bootstrap 95% CI of the mean].", "",
+      "## Classification (test split)", "", tables.classification_table(runs), "",
+      "## Drift: the study's metrics", "", main_md, "",
+      "## Drift: further metrics", "", extra_md, "",
+      "## Ranking of architectures", "", ranking_md, "",
+      "## Differences between architectures (Kruskal-Wallis)", "",
+      tables.kruskal_table(table, metric_names, selection), "",
+      "## Null baselines", "",
+      "Real drift beside drift that noise alone produces: the FT checkpoint against itself "
+      "under input noise (`perturbation`), FT maps against a randomly re-initialised head "
+      "(`random_head`), and TL/FT maps of different images of the same class "
+      "(`permutation`).", "", tables.null_table(runs, tables.HEADLINE), ""]
+  if any(r.get("localization") for r in runs):
+    parts += ["## Localisation against the lesion masks (phantoms)", "",
+              tables.localization_table(runs), ""]
+  parts += ["## Figures", ""]
+  for name, fig in figs.items():
+    rel = pathlib.Path(fig["path"]).relative_to(out_dir)
+    parts += [f"![{name}]({rel})", ""]
+  return "\n".join(parts)

@@ -1,0 +1,390 @@
+"""The drift stage of a training run: maps of both checkpoints, every metric, nulls, lesions.
+
+    paths = jaxdrift.study.run_drift("runs/resnet50v2", DriftConfig(methods=("layercam",)))
+
+Reads a workdir written by `jaxdrift.train.train` and writes beside it:
+
+  DIR/drift/samples.csv     one row per (image, method, layer): image id, true class, both
+                            predictions, selection flags, every drift metric, validity and,
+                            on phantoms, localisation of both maps against the lesion mask
+  DIR/drift/epochs.csv      with epochs="all": per (image, method, layer, epoch, reference)
+                            the drift of each epoch against the TL checkpoint ("tl") and
+                            against the previous epoch ("previous")
+  DIR/drift/aggregates.json summaries (count, invalid counts, mean, sd, median, IQR,
+                            bootstrap CI) per method x layer x class, method comparisons,
+                            null baselines, localisation hit rates, TL/FT test metrics
+  DIR/drift/examples.npz    a few selected images per class with both maps, for figures
+  DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
+                            configuration does nothing
+
+The test split runs once through both checkpoints per layer: `jd.cam.compute_pair` returns
+the logits (so the predictions) and every method's maps from one program. Maps are compared
+at the input resolution (bilinear, half-pixel centres), as FACTS.md s.5 defines.
+"""
+
+import dataclasses
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdrift import cam, data, metrics, models, train
+from jaxdrift.metrics import stats
+from jaxdrift.study import results
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftConfig:
+  """Choices of the drift stage (stored in DIR/drift/manifest.json).
+
+  Attributes:
+    methods: attribution methods (see `jaxdrift.cam.METHODS`).
+    layers: "canonical" (the last feature map, `default_cam_layer`), "last_conv" (the last
+      Conv2D layer, what "seek the last conv" tools pick) or Keras layer names.
+    selection: samples entering the statistics: "both" (true class = arg-max of both
+      checkpoints, the study's choice), "tl", "ft" or "all". Every sample's maps and
+      metrics are kept in samples.csv with its selection flags.
+    epochs: "final" (TL vs FT) or "all" (also every per-epoch checkpoint).
+    split: dataset split.
+    batch_size: images per batch.
+    null_samples: images used for the perturbation and random-head nulls.
+    perturbation_sigma: std of the input noise of the perturbation null (preprocessed units).
+    examples_per_class: images per class kept for overlay figures.
+    seed: seed of the nulls and the bootstrap.
+  """
+
+  methods: tuple = ("layercam", "gradcam++")
+  layers: tuple = ("canonical",)
+  selection: str = "both"
+  epochs: str = "final"
+  split: str = "test"
+  batch_size: int = 16
+  null_samples: int = 64
+  perturbation_sigma: float = 0.01
+  examples_per_class: int = 2
+  seed: int = 0
+
+
+class DriftStageError(RuntimeError):
+  """The workdir cannot be analysed as asked (no checkpoints, empty selection, ...)."""
+
+
+def resolve_layer(model, input_shape, layer: str) -> str:
+  """Maps "canonical" / "last_conv" to a Keras layer name; other names pass through."""
+  shapes = models.layer_shapes(model, input_shape)
+  if layer == "canonical":
+    return models.default_cam_layer(_arch_of(model, shapes))
+  if layer == "last_conv":
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape)))
+    convs = {k for k, v in params["params"].items() if v.get("kernel") is not None
+             and len(v["kernel"].shape) == 4}
+    return [name for name in shapes if name in convs][-1]
+  if layer not in shapes:
+    raise DriftStageError(f"no layer {layer!r}; valid names: {', '.join(shapes)}")
+  return layer
+
+
+def _arch_of(model, shapes) -> str:
+  for arch in models.ARCHS:
+    if models.default_cam_layer(arch) in shapes:
+      return arch
+  raise DriftStageError(f"cannot tell the architecture of {type(model).__name__}")
+
+
+def _drift_columns(out: dict, keep) -> dict:
+  return {k: np.asarray(v)[keep] for k, v in out.items()}
+
+
+class _Examples:
+  """The first `k` selected images of each class, with their upsampled maps."""
+
+  def __init__(self, k):
+    self.k, self.items = k, {}
+
+  def offer(self, key, cls, image, tl_map, ft_map, image_id):
+    bucket = self.items.setdefault(key, {}).setdefault(int(cls), [])
+    if len(bucket) < self.k:
+      bucket.append((image, tl_map, ft_map, image_id))
+
+  def arrays(self) -> dict:
+    out = {}
+    for (method, layer), by_class in self.items.items():
+      rows = [(c, *item) for c, items in sorted(by_class.items()) for item in items]
+      if not rows:
+        continue
+      prefix = f"{method}|{layer}"
+      out[f"{prefix}|label"] = np.array([r[0] for r in rows])
+      out[f"{prefix}|image"] = np.stack([r[1] for r in rows])
+      out[f"{prefix}|tl"] = np.stack([r[2] for r in rows])
+      out[f"{prefix}|ft"] = np.stack([r[3] for r in rows])
+      out[f"{prefix}|id"] = np.array([r[4] for r in rows])
+    return out
+
+
+def _display_image(image) -> np.ndarray:
+  """A preprocessed image back to 0..1 grey for figures (min-max of the first channel)."""
+  x = np.asarray(image[..., 0], np.float32)
+  return (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+
+
+def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
+              progress: bool = True) -> dict:
+  """Runs the drift stage on a training workdir (see the module docstring).
+
+  Returns:
+    {"samples": path, "aggregates": path, "examples": path, "epochs": path or None,
+     "skipped": True when a previous run with the same configuration was complete}.
+
+  Raises:
+    DriftStageError: the selection is empty, or a layer does not exist.
+    jaxdrift.train.CheckpointError: a checkpoint is missing or of another architecture.
+  """
+  workdir = pathlib.Path(workdir)
+  out_dir = workdir / "drift"
+  paths = {"samples": out_dir / "samples.csv", "aggregates": out_dir / "aggregates.json",
+           "examples": out_dir / "examples.npz",
+           "epochs": out_dir / "epochs.csv" if config.epochs == "all" else None}
+  manifest = dataclasses.asdict(config)
+  manifest = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.items()}
+  done = out_dir / "manifest.json"
+  if done.exists() and results.read_json(done) == manifest and all(
+      p.exists() for p in paths.values() if p is not None):
+    return {**paths, "skipped": True}
+
+  model, tl_vars, run_config = train.load_checkpoint(workdir, "tl")
+  _, ft_vars, _ = train.load_checkpoint(workdir, "ft")
+  size = run_config["input_size"]
+  class_names = run_config["class_names"]
+  layers = [resolve_layer(model, (1, size, size, 3), l) for l in config.layers]
+  spec_of = dict(zip(layers, config.layers))  # "canonical" -> "post_relu", ...
+  source = data.load(run_config["data"], config.split,
+                     data_dir=data_dir or run_config.get("data_dir"),
+                     **run_config.get("data_options", {}))
+  mesh = data.default_mesh()
+  batch_size = config.batch_size - config.batch_size % mesh.shape["data"] or mesh.shape["data"]
+
+  columns, examples = [], _Examples(config.examples_per_class)
+  null_images, null_labels, lesion = [], [], False
+  tl_all = {(m, l): [] for m in config.methods for l in layers}
+  ft_all = {(m, l): [] for m in config.methods for l in layers}
+  batches = data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
+                         train=False, image_size=size, mesh=mesh)
+  if progress:
+    import tqdm
+    batches = tqdm.tqdm(batches, total=data.steps_per_epoch(len(source), batch_size, False),
+                        desc=f"drift {workdir.name}", unit="batch")
+  for batch in batches:
+    keep = np.asarray(batch["mask"])
+    labels = np.asarray(batch["label"])
+    for layer in layers:
+      pair = cam.compute_pair(model, tl_vars, ft_vars, batch["image"], batch["label"],
+                              methods=config.methods, layer=layer)
+      logits = np.asarray(next(iter(pair.values())).logits)  # [2, B, K]
+      tl_pred, ft_pred = logits.argmax(-1)
+      for method, res in pair.items():
+        tl_maps, ft_maps = res.maps[0], res.maps[1]
+        d = metrics.drift(tl_maps, ft_maps, resolution=(size, size))
+        row = _drift_columns(d, keep)
+        row.update(image=np.asarray(batch["index"])[keep], id=np.asarray(batch["id"])[keep],
+                   label=labels[keep], tl_pred=tl_pred[keep], ft_pred=ft_pred[keep],
+                   method=np.full(keep.sum(), method, object),
+                   layer=np.full(keep.sum(), layer, object),
+                   layer_spec=np.full(keep.sum(), spec_of[layer], object),
+                   tl_all_zero=np.asarray(res.all_zero[0])[keep],
+                   ft_all_zero=np.asarray(res.all_zero[1])[keep])
+        if "lesion_mask" in batch:
+          lesion = True
+          for name, maps in (("tl", tl_maps), ("ft", ft_maps)):
+            loc = metrics.localize(maps, batch["lesion_mask"], resolution=(size, size))
+            for k in ("pointing_game", "energy_inside", "mask_iou"):
+              row[f"{name}_{k}"] = np.asarray(loc[k])[keep]
+        columns.append(row)
+        tl_all[method, layer].append(np.asarray(tl_maps)[keep])
+        ft_all[method, layer].append(np.asarray(ft_maps)[keep])
+        both = keep & (tl_pred == labels) & (ft_pred == labels)
+        up_tl = np.asarray(cam.upsample(tl_maps, (size, size)))
+        up_ft = np.asarray(cam.upsample(ft_maps, (size, size)))
+        for i in np.flatnonzero(both):
+          examples.offer((method, layer), labels[i], _display_image(batch["image"][i]),
+                         up_tl[i], up_ft[i], str(batch["id"][i]))
+    n_null = sum(len(x) for x in null_images)
+    if n_null < config.null_samples:
+      take = np.flatnonzero(keep)[: config.null_samples - n_null]
+      null_images.append(np.asarray(batch["image"])[take])
+      null_labels.append(labels[take])
+
+  table = results.concat(columns)
+  for name in ("both", "tl", "ft"):
+    table[f"selected_{name}"] = stats.select(table["label"], table["tl_pred"],
+                                             table["ft_pred"], name)
+  table["class_name"] = np.array([class_names[c] for c in table["label"]], object)
+  table["arch"] = np.full(len(table["label"]), run_config["arch"], object)
+  selected = stats.select(table["label"], table["tl_pred"], table["ft_pred"], config.selection)
+  if not selected.any():
+    raise DriftStageError(
+        f"no test image is selected by selection={config.selection!r} (both checkpoints must "
+        f"predict the true class); {len(selected)} rows, TL accuracy "
+        f"{np.mean(table['tl_pred'] == table['label']):.2f}, FT accuracy "
+        f"{np.mean(table['ft_pred'] == table['label']):.2f}. Train longer or use "
+        "--select all.")
+  results.write_table(table, paths["samples"])
+  np.savez_compressed(paths["examples"], class_names=np.array(class_names),
+                      **examples.arrays())
+
+  aggregates = {
+      "arch": run_config["arch"], "model_arch": run_config["model_arch"],
+      "config": manifest, "class_names": class_names, "input_size": size,
+      "layers": dict(zip(config.layers, layers)),
+      "summary": stats.summarize(table, metrics=_metric_columns(table),
+                                 selection=config.selection, seed=config.seed),
+      "method_tests": stats.compare_methods(table, metrics=_metric_columns(table),
+                                            selection=config.selection),
+      "nulls": _nulls(model, ft_vars, table, tl_all, ft_all, selected,
+                      np.concatenate(null_images), np.concatenate(null_labels), config, size),
+      "classification": _classification(workdir),
+  }
+  if lesion:
+    aggregates["localization"] = _localization(table, selected, class_names)
+  if config.epochs == "all":
+    epoch_table = _epoch_drift(workdir, model, run_config, tl_all, source, layers, config,
+                               mesh, batch_size, size)
+    results.write_table(epoch_table, paths["epochs"])
+    aggregates["epochs"] = _epoch_summary(epoch_table, table, config.selection)
+  results.write_json(aggregates, paths["aggregates"])
+  results.write_json(manifest, done)
+  return {**paths, "skipped": False}
+
+
+def _metric_columns(table) -> list[str]:
+  return [k for k in metrics.PAIR_METRICS if k in table]
+
+
+def _random_head(ft_vars, key) -> dict:
+  """FT variables with the 'predictions' layer re-initialised (flax Dense defaults)."""
+  kernel = ft_vars["params"]["predictions"]["kernel"]
+  head = nn.Dense(kernel.shape[1]).init(key, jnp.zeros((1, kernel.shape[0])))["params"]
+  return {**ft_vars, "params": {**ft_vars["params"], "predictions": head}}
+
+
+def _nulls(model, ft_vars, table, tl_all, ft_all, selected, images, labels, config, size):
+  """Null baselines per method and layer, reported beside the real drift:
+
+  perturbation: the FT checkpoint against itself on inputs with Gaussian noise of std
+    `perturbation_sigma` (explanation noise); random_head: FT maps against maps of the FT
+    backbone under a randomly re-initialised head; permutation: TL and FT maps of different
+    images of the same class (shuffled pairing).
+  """
+  perturb_key, permute_key, head_key = jax.random.split(jax.random.key(config.seed), 3)
+  random_head = _random_head(ft_vars, head_key)
+  targets = jnp.asarray(labels)
+  out = []
+  for (method, layer), tl_parts in tl_all.items():
+    rows = (table["method"] == method) & (table["layer"] == layer)
+    keep = selected[rows]
+
+    def maps_fn(variables, method=method, layer=layer):
+      return lambda x: cam.compute(model, variables, x, targets, method, layer)
+
+    nulls = {
+        "perturbation": metrics.perturbation_null(
+            maps_fn(ft_vars), images, perturb_key, sigma=config.perturbation_sigma,
+            resolution=(size, size)),
+        "random_head": metrics.head_null(maps_fn(ft_vars), maps_fn(random_head), images,
+                                         resolution=(size, size)),
+        "permutation": metrics.permutation_null(
+            np.concatenate(tl_parts)[keep], np.concatenate(ft_all[method, layer])[keep],
+            permute_key, groups=table["label"][rows][keep], resolution=(size, size)),
+    }
+    real = {k: table[k][rows][keep] for k in _metric_columns(table) + ["valid"]}
+    for row in metrics.null_report(real, nulls, metrics=_metric_columns(table),
+                                   seed=config.seed):
+      out.append(dict(method=method, layer=layer, **row))
+  return out
+
+
+def _classification(workdir) -> dict:
+  path = pathlib.Path(workdir) / "summary.json"
+  return results.read_json(path) if path.exists() else {}
+
+
+def _localization(table, selected, class_names) -> list[dict]:
+  """Pointing-game hit rate, energy inside and mask IoU per method, layer, class, checkpoint,
+  over selected samples with a lesion (the no-lesion class has none: NaN rows, counted)."""
+  out = []
+  for method, layer in sorted(set(zip(table["method"], table["layer"]))):
+    group = selected & (table["method"] == method) & (table["layer"] == layer)
+    for cls in sorted(set(table["label"][group])):
+      rows = group & (table["label"] == cls)
+      for ckpt in ("tl", "ft"):
+        hits = table[f"{ckpt}_pointing_game"][rows]
+        defined = np.isfinite(hits)
+        out.append(dict(method=method, layer=layer, label=int(cls),
+                        class_name=class_names[cls], checkpoint=ckpt,
+                        n=int(rows.sum()), n_undefined=int((~defined).sum()),
+                        pointing_game=float(hits[defined].mean()) if defined.any()
+                        else float("nan"),
+                        energy_inside=float(np.nanmean(table[f"{ckpt}_energy_inside"][rows]))
+                        if defined.any() else float("nan"),
+                        mask_iou=float(np.nanmean(table[f"{ckpt}_mask_iou"][rows]))
+                        if defined.any() else float("nan")))
+  return out
+
+
+def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mesh,
+                 batch_size, size) -> dict:
+  """Drift of every per-epoch checkpoint against TL and against the previous epoch."""
+  epochs = train.checkpoint.epochs_manager(workdir).all_steps()
+  columns, previous = [], None
+  for epoch in sorted(epochs):
+    _, variables, _ = train.load_checkpoint(workdir, int(epoch))
+    maps = {key: [] for key in tl_all}
+    labels, index = [], []
+    for batch in data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
+                              train=False, image_size=size, mesh=mesh):
+      keep = np.asarray(batch["mask"])
+      labels.append(np.asarray(batch["label"])[keep])
+      index.append(np.asarray(batch["index"])[keep])
+      for layer in layers:
+        many = cam.compute_many(model, variables, batch["image"], batch["label"],
+                                methods=config.methods, layer=layer)
+        for method, res in many.items():
+          maps[method, layer].append(np.asarray(res.maps)[keep])
+    maps = {k: np.concatenate(v) for k, v in maps.items()}
+    labels, index = np.concatenate(labels), np.concatenate(index)
+    references = {"tl": {k: np.concatenate(v) for k, v in tl_all.items()}}
+    if previous is not None:
+      references["previous"] = previous
+    for reference, ref_maps in references.items():
+      for (method, layer), m in maps.items():
+        row = {k: np.asarray(v) for k, v in metrics.drift(
+            ref_maps[method, layer], m, resolution=(size, size)).items()}
+        n = len(labels)
+        row.update(image=index, label=labels, epoch=np.full(n, int(epoch)),
+                   reference=np.full(n, reference, object),
+                   method=np.full(n, method, object), layer=np.full(n, layer, object))
+        columns.append(row)
+    previous = maps
+  return results.concat(columns)
+
+
+def _epoch_summary(epoch_table, table, selection) -> list[dict]:
+  """Mean of every metric per method, layer, epoch and reference, over the images that the
+  final selection keeps (the same images at every epoch)."""
+  chosen = set(table["image"][stats.select(table["label"], table["tl_pred"], table["ft_pred"],
+                                           selection)].tolist())
+  keep = np.isin(epoch_table["image"], list(chosen))
+  out = []
+  keys = sorted(set(zip(epoch_table["method"], epoch_table["layer"], epoch_table["epoch"],
+                        epoch_table["reference"])))
+  for method, layer, epoch, reference in keys:
+    rows = keep & (epoch_table["method"] == method) & (epoch_table["layer"] == layer) & (
+        epoch_table["epoch"] == epoch) & (epoch_table["reference"] == reference)
+    row = dict(method=method, layer=layer, epoch=int(epoch), reference=reference,
+               n=int(rows.sum()))
+    for metric in _metric_columns(epoch_table):
+      values = epoch_table[metric][rows]
+      row[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    out.append(row)
+  return out

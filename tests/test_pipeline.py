@@ -1,0 +1,104 @@
+"""The study end to end on the smoke preset: train -> drift -> report, resumable."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxdrift as jd
+from jaxdrift.study import results
+
+ARCHS = ("densenet201", "resnet50v2", "inceptionv3")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("smoke")
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  out = jd.study.run_pipeline("smoke", archs=ARCHS, root=root, data_dir=data_dir,
+                              progress=False)
+  return root, data_dir, out
+
+
+def test_every_report_cell_equals_the_csv_aggregate(run):
+  root, _, out = run
+  table = results.concat([results.read_table(root / a / "drift" / "samples.csv")
+                          for a in ARCHS])
+  report = results.read_json(out["report"].with_suffix(".json"))
+  assert report["selection"] == "all"
+  markdown = out["report"].read_text()
+  assert report["drift"], "no drift cells"
+  for cell in report["drift"]:
+    rows = (table["arch"] == cell["arch"]) & (table["method"] == cell["method"])
+    values = table[cell["metric"]][rows]
+    finite = values[np.isfinite(values)]
+    assert cell["n_selected"] == rows.sum()
+    assert cell["n_invalid_tl"] == (~table["valid_a"][rows]).sum()
+    if finite.size:
+      np.testing.assert_allclose(cell["mean"], finite.mean(), rtol=1e-9)
+      np.testing.assert_allclose(cell["sd"], finite.std(ddof=1), rtol=1e-9, atol=1e-12)
+      assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"]
+      assert f"{cell['mean']:.3f} ± {cell['sd']:.3f}" in markdown
+    else:
+      assert cell["mean"] is None  # NaN, written as null, shown as nan
+  summary = json.loads((root / "resnet50v2" / "summary.json").read_text())
+  assert f"{summary['ft']['test']['accuracy']:.3f}" in markdown
+
+
+def test_figures_are_pngs_with_the_expected_panels(run):
+  root, _, out = run
+  figs = out["figures"]
+  class_names = results.read_json(root / "resnet50v2" / "drift" / "aggregates.json")[
+      "class_names"]
+  expected = {"distributions": 4, "ranking_slopes": 4, "training_curves": len(ARCHS),
+              "epoch_drift": 4, "localization": len(ARCHS) * 2}
+  for name, panels in expected.items():
+    assert figs[name]["panels"] == panels, name
+  overlays = [n for n in figs if n.startswith("overlay_")]
+  assert len(overlays) == len(ARCHS) * 2
+  for name in overlays:
+    assert figs[name]["panels"] % 4 == 0 and 4 <= figs[name]["panels"] <= 4 * len(class_names)
+  for name, fig in figs.items():
+    with open(fig["path"], "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    with Image.open(fig["path"]) as image:
+      image.verify()
+    with Image.open(fig["path"]) as image:
+      assert min(image.size) > 200 and np.asarray(image.convert("L")).std() > 1, name
+    assert f"figures/{name}.png" in out["report"].read_text()
+
+
+def test_rerun_does_no_repeated_work(run):
+  root, data_dir, out = run
+  watched = [root / a / f for a in ARCHS for f in ("summary.json", "drift/samples.csv",
+                                                  "drift/epochs.csv")]
+  before = {p: os.stat(p).st_mtime_ns for p in watched}
+  report_before = out["report"].read_text()
+  again = jd.study.run_pipeline("smoke", archs=ARCHS, root=root, data_dir=data_dir,
+                                progress=False)
+  assert {p: os.stat(p).st_mtime_ns for p in watched} == before
+  assert again["report"].read_text() == report_before
+  for arch in ARCHS:
+    assert again["timings"][arch]["train"] < 1.0 and again["timings"][arch]["drift"] < 1.0
+
+
+def test_clear_errors(run, tmp_path):
+  root, data_dir, _ = run
+  with pytest.raises(jd.train.CheckpointError):
+    jd.study.run_drift(tmp_path / "nothing", progress=False)
+  table = results.read_table(root / "resnet50v2" / "drift" / "samples.csv")
+  first = table["method"] == table["method"][0]
+  wrong = np.flatnonzero(first & ~table["selected_both"])[0]
+  i = int(table["image"][first][wrong])
+  config = jd.study.DriftConfig(split=f"test[{i}:{i + 1}]", selection="both",
+                                methods=("layercam",))
+  with pytest.raises(jd.study.DriftStageError, match="no test image is selected"):
+    jd.study.run_drift(root / "resnet50v2", config, data_dir=data_dir, progress=False)
+  with pytest.raises(jd.train.CheckpointError, match="densenet"):
+    jd.train.load_checkpoint(root / "densenet201", "ft", arch="resnet50v2")
+  (tmp_path / "resnet50v2").symlink_to(root / "densenet201")  # another arch's run
+  with pytest.raises(jd.train.WorkdirError):
+    jd.study.run_pipeline("smoke", archs=("resnet50v2",), root=tmp_path, data_dir=data_dir,
+                          progress=False)
