@@ -147,14 +147,16 @@ def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:
   if name == "paper":
     base = TrainConfig(arch=arch, preset="paper")
   elif name == "demo":
+    # 96 px (139 px for InceptionV3) gives 3x3 maps at the canonical layer: the coarsest at
+    # which attribution maps can move at all; 75 px InceptionV3 would have 1x1 maps.
     base = TrainConfig(
         arch=arch, reduced=True, preset="demo", data="phantoms",
-        data_options={"image_size": 64, "num_train": 6000, "num_validation": 500,
-                      "num_test": 500, "seed": 0},
-        weights="none", batch_size=32, epochs_tl=2, epochs_ft=7, lr_tl=3e-3, lr_ft=3e-3,
+        data_options={"image_size": 128, "num_train": 3000, "num_validation": 300,
+                      "num_test": 300, "seed": 0},
+        image_size=139 if arch == "inceptionv3" else 96,
+        weights="none", batch_size=32, epochs_tl=2, epochs_ft=6, lr_tl=3e-3, lr_ft=3e-3,
         schedule="cosine", dropout_rate=0.0, augment=False, ft_train_bn=True,
-        pretrain_epochs=3,
-        pretrain_examples=3000, pretrain_lr=3e-3)
+        pretrain_epochs=3, pretrain_examples=3000, pretrain_lr=3e-3)
   elif name == "smoke":
     base = TrainConfig(
         arch=arch, reduced=True, preset="smoke", data="phantoms/small", weights="none",

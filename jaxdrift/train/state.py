@@ -20,24 +20,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdrift.models.keras_h5 import flatten_tree, unflatten_tree
+
 Path = tuple[str, ...]
 
 
-def flatten(tree) -> dict[Path, Any]:
-  """Nested dict -> {path tuple: leaf}, in key-sorted (pytree) order."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {tuple(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
-
-
-def unflatten(flat: dict[Path, Any]) -> dict:
-  """{path tuple: leaf} -> nested dict (inverse of `flatten` for dict trees)."""
-  tree: dict = {}
-  for path, leaf in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = leaf
-  return tree
+# {path tuple: leaf} views of nested dicts, shared with the weight converter.
+flatten = flatten_tree
+unflatten = unflatten_tree
 
 
 def frozen_paths(params, trainable: Iterable[str] | Callable[[Path], bool] | None
