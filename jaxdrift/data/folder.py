@@ -25,6 +25,7 @@ case-insensitively. Use `jaxdrift.data.load("folder:/path/to/root", split)`, or
 `ClassFolder.for_path(root, data_dir=...)` for the builder itself.
 """
 
+import abc
 import dataclasses
 import hashlib
 import logging
@@ -77,12 +78,13 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     super().__init__(**kwargs)
 
   # Subclass hooks -------------------------------------------------------------------------
+  @abc.abstractmethod
   def _class_names(self) -> list:
-    raise NotImplementedError
+    """The class names, in label order."""
 
+  @abc.abstractmethod
   def _class_of_folder(self, folder: str, split) -> str:
     """Class name for a class folder; raises LayoutError for an unknown folder."""
-    raise NotImplementedError
 
   def _resolve_source(self, dl_manager) -> str:
     if self._source is None:
