@@ -13,7 +13,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def compute(out_path: str) -> None:
   """A phase-1 step, two phase-2 steps (with dropout), evaluations, a BN-training forward."""
   import jax
-  import jax.numpy as jnp
 
   import jaxdrift as jd
   from jaxdrift.train import state as state_lib

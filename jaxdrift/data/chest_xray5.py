@@ -30,8 +30,6 @@ import glob
 import logging
 import os
 
-import tensorflow_datasets as tfds
-
 from jaxdrift.data import folder as folder_lib
 from jaxdrift.data import layout as layout_lib
 
