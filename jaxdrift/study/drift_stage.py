@@ -67,6 +67,10 @@ class DriftConfig:
   seed: int = 0
 
 
+_SELECTION_NEEDS = {"both": "both checkpoints", "tl": "the TL checkpoint",
+                    "ft": "the FT checkpoint", "all": "no checkpoint"}
+
+
 class DriftStageError(RuntimeError):
   """The workdir cannot be analysed as asked (no checkpoints, empty selection, ...)."""
 
@@ -103,10 +107,13 @@ class _Examples:
   def __init__(self, k):
     self.k, self.items = k, {}
 
+  def wants(self, key, cls) -> bool:
+    return len(self.items.get(key, {}).get(int(cls), [])) < self.k
+
   def offer(self, key, cls, image, tl_map, ft_map, image_id):
-    bucket = self.items.setdefault(key, {}).setdefault(int(cls), [])
-    if len(bucket) < self.k:
-      bucket.append((image, tl_map, ft_map, image_id))
+    if self.wants(key, cls):
+      self.items.setdefault(key, {}).setdefault(int(cls), []).append(
+          (image, tl_map, ft_map, image_id))
 
   def arrays(self) -> dict:
     out = {}
@@ -204,11 +211,13 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
         tl_all[method, layer].append(np.asarray(tl_maps)[keep])
         ft_all[method, layer].append(np.asarray(ft_maps)[keep])
         both = keep & (tl_pred == labels) & (ft_pred == labels)
-        up_tl = np.asarray(cam.upsample(tl_maps, (size, size)))
-        up_ft = np.asarray(cam.upsample(ft_maps, (size, size)))
-        for i in np.flatnonzero(both):
-          examples.offer((method, layer), labels[i], _display_image(batch["image"][i]),
-                         up_tl[i], up_ft[i], str(batch["id"][i]))
+        wanted = [i for i in np.flatnonzero(both) if examples.wants((method, layer), labels[i])]
+        if wanted:  # upsampled for figures only while some class still lacks examples
+          up_tl = np.asarray(cam.upsample(tl_maps, (size, size)))
+          up_ft = np.asarray(cam.upsample(ft_maps, (size, size)))
+          for i in wanted:
+            examples.offer((method, layer), labels[i], _display_image(batch["image"][i]),
+                           up_tl[i], up_ft[i], str(batch["id"][i]))
     n_null = sum(len(x) for x in null_images)
     if n_null < config.null_samples:
       take = np.flatnonzero(keep)[: config.null_samples - n_null]
@@ -224,8 +233,9 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   selected = stats.select(table["label"], table["tl_pred"], table["ft_pred"], config.selection)
   if not selected.any():
     raise DriftStageError(
-        f"no test image is selected by selection={config.selection!r} (both checkpoints must "
-        f"predict the true class); {len(selected)} rows, TL accuracy "
+        f"no test image is selected by selection={config.selection!r} (the true class must be "
+        f"the prediction of {_SELECTION_NEEDS[config.selection]}); {len(selected)} rows, "
+        "TL accuracy "
         f"{np.mean(table['tl_pred'] == table['label']):.2f}, FT accuracy "
         f"{np.mean(table['ft_pred'] == table['label']):.2f}. Train longer or use "
         "--select all.")
