@@ -5,38 +5,30 @@ so Keras weights map one to one and every Keras layer output can be tapped by na
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxdrift.models import layers as L
 
 _EPS = 1.001e-5
 
 
-class DenseNet(nn.Module):
+class DenseNet(L.KerasApplication):
   """Densely connected network, as keras.applications.densenet.
+
+  Also takes the `KerasApplication` attributes: num_classes, include_top, pooling,
+  dropout_rate, dtype.
 
   Attributes:
     blocks: conv blocks per dense block (conv2..conv5).
     growth_rate: channels each conv block adds; its bottleneck has 4x as many.
     stem_filters: channels of the 7x7 stem convolution.
-    num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
-    include_top: add global average pooling + Dense 'predictions'.
-    pooling: without the top, None (4-D map), "avg" or "max".
-    dropout_rate: dropout before 'predictions' in training mode (0: none, as in Keras).
-    dtype: computation dtype (parameters stay float32).
   """
 
   blocks: Sequence[int] = (6, 12, 48, 32)
   growth_rate: int = 32
   stem_filters: int = 64
-  num_classes: int = 1000
-  include_top: bool = True
-  pooling: str | None = None
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
 
   def _bn_relu(self, x, name, train):
     x = L.batch_norm(self, x, f"{name}_bn", train=train, epsilon=_EPS, dtype=self.dtype)
@@ -71,9 +63,7 @@ class DenseNet(nn.Module):
         x = self._transition(x, f"pool{stage + 2}", train)
     x = L.batch_norm(self, x, "bn", train=train, epsilon=_EPS, dtype=self.dtype)
     x = L.relu(self, x, "relu")
-    return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
-                  pooling=self.pooling, dropout_rate=self.dropout_rate, train=train,
-                  dtype=self.dtype)
+    return self.top(x, train)
 
 
 DenseNet201 = functools.partial(DenseNet)

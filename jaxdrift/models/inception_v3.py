@@ -11,34 +11,25 @@ their Keras names: mixed0 .. mixed10, mixed9_0, mixed9_1.
 
 import collections
 import functools
-from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxdrift.models import layers as L
 
 _EPS = 1e-3  # Keras BatchNormalization default; conv2d_bn uses BN(scale=False)
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(L.KerasApplication):
   """Inception v3, as keras.applications.inception_v3.
+
+  Also takes the `KerasApplication` attributes: num_classes, include_top, pooling,
+  dropout_rate, dtype.
 
   Attributes:
     width: multiplier on every convolution's channel count (1.0 is InceptionV3).
-    num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
-    include_top: add global average pooling + Dense 'predictions'.
-    pooling: without the top, None (4-D map), "avg" or "max".
-    dropout_rate: dropout before 'predictions' in training mode (0: none, as in Keras).
-    dtype: computation dtype (parameters stay float32).
   """
 
   width: float = 1.0
-  num_classes: int = 1000
-  include_top: bool = True
-  pooling: str | None = None
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -113,9 +104,7 @@ class InceptionV3(nn.Module):
       bp = cbr(avg_pool(x), 192, 1, 1)
       x = concat([b1, b3, b3d, bp], f"mixed{9 + i}")
 
-    return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
-                  pooling=self.pooling, dropout_rate=self.dropout_rate, train=train,
-                  dtype=self.dtype)
+    return self.top(x, train)
 
 
 # Reduced variant for tests and CPU demos: all 94 conv layers and their names, 1/8 channels.

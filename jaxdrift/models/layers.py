@@ -117,6 +117,29 @@ def concat(module: nn.Module, ys, name: str):
   return tap(module, name, jnp.concatenate(ys, axis=-1))
 
 
+class KerasApplication(nn.Module):
+  """What every port shares: the Keras Applications top and the compute dtype.
+
+  Attributes:
+    num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
+    include_top: add global average pooling + Dense 'predictions'.
+    pooling: without the top, None (4-D map), "avg" or "max".
+    dropout_rate: dropout before 'predictions' in training mode (0: none, as in Keras).
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  num_classes: int = 1000
+  include_top: bool = True
+  pooling: str | None = None
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  def top(self, y, train: bool):
+    return head(self, y, num_classes=self.num_classes, include_top=self.include_top,
+                pooling=self.pooling, dropout_rate=self.dropout_rate, train=train,
+                dtype=self.dtype)
+
+
 def head(module: nn.Module, y, *, num_classes: int, include_top: bool, pooling,
          dropout_rate: float = 0.0, train: bool = False, dtype: Any = jnp.float32):
   """Keras Applications top: global average pooling + Dense 'predictions' (logits).

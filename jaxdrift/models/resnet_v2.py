@@ -5,38 +5,30 @@ Keras weights map one to one and every Keras layer output can be tapped by name.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxdrift.models import layers as L
 
 _EPS = 1.001e-5
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(L.KerasApplication):
   """Pre-activation ResNet with bottleneck blocks, as keras.applications.resnet_v2.
+
+  Also takes the `KerasApplication` attributes: num_classes, include_top, pooling,
+  dropout_rate, dtype.
 
   Attributes:
     stack_sizes: blocks per stage (conv2..conv5).
     filters: bottleneck width per stage; block outputs have 4x as many channels.
     stem_filters: channels of the 7x7 stem convolution.
-    num_classes: outputs of the 'predictions' layer (logits) when `include_top`.
-    include_top: add global average pooling + Dense 'predictions'.
-    pooling: without the top, None (4-D map), "avg" or "max".
-    dropout_rate: dropout before 'predictions' in training mode (0: none, as in Keras).
-    dtype: computation dtype (parameters stay float32).
   """
 
   stack_sizes: Sequence[int] = (3, 4, 6, 3)
   filters: Sequence[int] = (64, 128, 256, 512)
   stem_filters: int = 64
-  num_classes: int = 1000
-  include_top: bool = True
-  pooling: str | None = None
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
 
   def _block(self, x, filters, name, *, train, stride=1, conv_shortcut=False, pool_name=""):
     bn = functools.partial(L.batch_norm, self, train=train, epsilon=_EPS, dtype=self.dtype)
@@ -74,9 +66,7 @@ class ResNetV2(nn.Module):
                       pool_name="max_pooling2d" + (f"_{stage}" if stage else ""))
     x = L.batch_norm(self, x, "post_bn", train=train, epsilon=_EPS, dtype=self.dtype)
     x = L.relu(self, x, "post_relu")
-    return L.head(self, x, num_classes=self.num_classes, include_top=self.include_top,
-                  pooling=self.pooling, dropout_rate=self.dropout_rate, train=train,
-                  dtype=self.dtype)
+    return self.top(x, train)
 
 
 ResNet50V2 = functools.partial(ResNetV2)
