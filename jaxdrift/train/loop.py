@@ -320,17 +320,9 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
       variables = _initial_variables(run, init_key, pretrain_key)
     else:
       variables = _abstract_variables(run)
-    state = _make_state(run, variables, trainable=(steps.HEAD,), lr=config.lr_tl, epochs=e_tl)
-    first, best = 1, None
-    if meta is not None:
-      state, meta = ckpt.restore_epoch(manager, latest, state)
-      first, best = meta["epoch"] + 1, meta["best"]
-    if e_tl == 0:
-      ckpt.save_named(workdir, "tl", state.params, state.batch_stats,
-                      {"phase": "tl", "epoch": 0, "global_epoch": 0})
-    else:
-      _run_phase(run, "tl", state, phase=phase_tl, key=tl_key, first_epoch=first,
-                 epochs=e_tl, offset=0, best=best)
+    _start_or_resume(run, "tl", variables, trainable=(steps.HEAD,), lr=config.lr_tl,
+                     epochs=e_tl, offset=0, phase=phase_tl, key=tl_key, meta=meta,
+                     latest=latest)
     meta = None  # phase 2 starts fresh from the tl checkpoint
 
   if not ft_done:
@@ -339,18 +331,27 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
       variables, _ = ckpt.restore_named(workdir, "tl", abstract)
     else:
       variables = abstract
-    state = _make_state(run, variables, trainable=None, lr=config.lr_ft, epochs=e_ft)
-    first, best = 1, None
-    if meta is not None:
-      state, meta = ckpt.restore_epoch(manager, latest, state)
-      first, best = meta["epoch"] + 1, meta["best"]
-    if e_ft == 0:
-      ckpt.save_named(workdir, "ft", state.params, state.batch_stats,
-                      {"phase": "ft", "epoch": 0, "global_epoch": e_tl})
-    else:
-      _run_phase(run, "ft", state, phase=phase_ft, key=ft_key, first_epoch=first,
-                 epochs=e_ft, offset=e_tl, best=best)
+    _start_or_resume(run, "ft", variables, trainable=None, lr=config.lr_ft, epochs=e_ft,
+                     offset=e_tl, phase=phase_ft, key=ft_key, meta=meta, latest=latest)
   return _summarise(run)
+
+
+def _start_or_resume(run: _Run, name, variables, *, trainable, lr, epochs, offset, phase,
+                     key, meta, latest) -> None:
+  """Builds a phase's state (restored from epoch checkpoint `latest` when `meta` says this
+  phase was interrupted) and runs its remaining epochs; a phase of 0 epochs saves its named
+  checkpoint as it is."""
+  state = _make_state(run, variables, trainable=trainable, lr=lr, epochs=epochs)
+  first, best = 1, None
+  if meta is not None:
+    state, meta = ckpt.restore_epoch(run.manager, latest, state)
+    first, best = meta["epoch"] + 1, meta["best"]
+  if epochs == 0:
+    ckpt.save_named(run.workdir, name, state.params, state.batch_stats,
+                    {"phase": name, "epoch": 0, "global_epoch": offset})
+  else:
+    _run_phase(run, name, state, phase=phase, key=key, first_epoch=first, epochs=epochs,
+               offset=offset, best=best)
 
 
 def _summarise(run: _Run) -> dict:
