@@ -38,6 +38,40 @@ def test_pointing_game_all_equal_is_a_miss_and_invalid_is_nan():
   assert np.isnan(f(M.pointing_game(np.eye(4, 5, dtype=np.float32), np.zeros((4, 5), bool))))
 
 
+def test_pointing_game_places_a_coarse_peak_at_its_cell_centre():
+  # A 3x3 map over a 12x12 mask: cells of 4 px, centres at 1.5, 5.5, 9.5 (rounded 2, 6, 10).
+  mask = np.zeros((12, 12), bool)
+  mask[4:8, 1:4] = True  # inside the middle-left cell, off the image border
+  m = np.zeros((3, 3), np.float32)
+  m[1, 0] = 1.0
+  assert f(M.pointing_game(m, mask)) == 1.0
+  # Upsampled, the edge cell is a plateau reaching the border, whose first maximum (col 0)
+  # misses: the reason the coarse peak is placed at its cell's centre.
+  up = np.asarray(M.upsample(m, (12, 12)))
+  assert f(M.pointing_game(up, mask)) == 0.0
+  # An interior peak lands where the upsampled map has its maximum.
+  m = np.zeros((3, 3), np.float32)
+  m[1, 1] = 1.0
+  mask = np.zeros((12, 12), bool)
+  mask[5:7, 5:7] = True  # the centre 5.5 falls between pixels; either side is the peak
+  up = np.asarray(M.upsample(m, (12, 12)))
+  assert f(M.pointing_game(m, mask)) == f(M.pointing_game(up, mask)) == 1.0
+  with pytest.raises(ValueError, match="h <= H"):
+    M.pointing_game(np.ones((13, 3), np.float32), mask)
+
+
+def test_pointing_chance_counts_cells_whose_centre_hits():
+  mask = np.zeros((12, 12), bool)
+  mask[4:8, 1:4] = True  # holds the centre (6, 2) of cell (1, 0) of a 3x3 map, no other
+  assert f(M.pointing_chance((3, 3), mask)) == pytest.approx(1 / 9)
+  # Centres (rounded half to even) at rows/cols 2, 6, 10: (2, 2) is 2 px from the mask,
+  # (10, 2) and (6, 6) are 3 px, (2, 6) is sqrt(13) px.
+  assert f(M.pointing_chance((3, 3), mask, tolerance=2.0)) == pytest.approx(2 / 9)
+  assert f(M.pointing_chance((3, 3), mask, tolerance=3.0)) == pytest.approx(4 / 9)
+  assert f(M.pointing_chance((12, 12), mask)) == pytest.approx(12 / 144)
+  assert np.isnan(f(M.pointing_chance((3, 3), np.zeros((12, 12), bool))))
+
+
 def test_energy_inside_and_mask_iou_hand():
   m = np.zeros((4, 5), np.float32)
   m[1, 1], m[2, 2], m[0, 0] = 3.0, 1.0, 4.0

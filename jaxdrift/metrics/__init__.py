@@ -10,7 +10,8 @@ from jaxdrift.metrics.drift import (AUC_QS, MAP_QUANTITIES, PAIR_METRICS, DriftP
                                     gini_change, iou, iou_auc, make_params, pair_metrics,
                                     pearson, peak_displacement, soft_iou, spearman, ssim,
                                     upsample)
-from jaxdrift.metrics.localization import energy_inside, localize, mask_iou, pointing_game
+from jaxdrift.metrics.localization import (energy_inside, localize, mask_iou, pointing_chance,
+                                          pointing_game)
 from jaxdrift.metrics.maps import (centroid, concentration, entropy, gini, is_valid, peak,
                                    threshold, top_k_count)
 from jaxdrift.metrics.nulls import (head_null, null_report, permutation_null, perturbation_null,

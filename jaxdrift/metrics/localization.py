@@ -25,30 +25,67 @@ def _defined(m, mask):
   return maps_lib.is_valid(m) & jnp.any(mask)
 
 
+def _near_mask(mask, tolerance: float):
+  """bool [H, W]: pixels within `tolerance` (Euclidean, in pixels) of a mask pixel."""
+  radius = int(tolerance)
+  if radius == 0:
+    return mask
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= tolerance ** 2).astype(jnp.float32)
+  dilated = jax.lax.conv_general_dilated(mask.astype(jnp.float32)[None, None], disk[None, None],
+                                         (1, 1), "SAME")
+  return dilated[0, 0] > 0.5
+
+
+def _cell_hits(shape, mask, tolerance: float):
+  """bool [h, w]: for a map of `shape` (h, w), whether each cell's centre, placed in mask
+  pixels at ((i + 0.5) * H / h - 0.5) rounded, lies within `tolerance` of the mask."""
+  if len(shape) != 2 or mask.ndim != 2 or shape[0] > mask.shape[0] or shape[1] > mask.shape[1]:
+    raise ValueError(f"expected a map [h, w] and a mask [H, W] with h <= H and w <= W, got "
+                     f"{tuple(shape)} and {mask.shape}")
+  rows, cols = ((jnp.round((jnp.arange(n) + 0.5) * big / n - 0.5)).astype(jnp.int32)
+                for n, big in zip(shape, mask.shape))
+  return _near_mask(mask, float(tolerance))[rows[:, None], cols[None, :]]
+
+
 def pointing_game(m, mask, tolerance=0.0):
   """1.0 if the map's maximum lies in the mask (within `tolerance` pixels), else 0.0.
 
-  The maximum is the first in row-major order on ties. A map whose values are all equal
-  (constant, no maximum to point with) is a MISS (0.0), never a hit. NaN if the map is
-  invalid (all-zero, NaN, Inf) or the mask is empty.
+  The map may be coarser than the mask (a CAM at its layer's resolution): its peak cell is
+  then placed at the cell's centre in mask pixels, ((row + 0.5) * H / h - 0.5, likewise for
+  columns, rounded). That is where a bilinear upsampling (half-pixel centres) has its
+  maximum, but without the plateau an upsampled EDGE cell leaves on the image border, where
+  "the first maximum" would point at pixel 0 instead of the cell. The peak is the first in
+  row-major order on ties. A map whose values are all equal (constant, no maximum to point
+  with) is a MISS (0.0), never a hit. NaN if the map is invalid (all-zero, NaN, Inf) or the
+  mask is empty. `pointing_chance` is the hit rate of a peak at a random cell.
 
   Args:
-    m: [H, W] attribution map.
+    m: [h, w] attribution map, h <= H and w <= W.
     mask: [H, W] bool ground truth.
-    tolerance: Euclidean distance in pixels from the peak to the nearest mask pixel that
-      still counts as a hit (Zhang et al. use 15 px at 224).
+    tolerance: Euclidean distance in mask pixels from the peak to the nearest mask pixel
+      that still counts as a hit (Zhang et al. use 15 px at 224). A Python number.
 
   Returns:
     Scalar float32 in {0, 1} or NaN.
   """
-  m, mask = _check(m, mask)
-  row, col = maps_lib.peak(m)
-  rows = jnp.arange(m.shape[0], dtype=jnp.float32)[:, None]
-  cols = jnp.arange(m.shape[1], dtype=jnp.float32)[None, :]
-  distance2 = (rows - row) ** 2 + (cols - col) ** 2
-  near = jnp.min(jnp.where(mask, distance2, jnp.inf)) <= tolerance ** 2
-  hit = near & (jnp.max(m) > jnp.min(m))
+  m = jnp.asarray(m, jnp.float32)
+  mask = jnp.asarray(mask).astype(bool)
+  hits = _cell_hits(m.shape, mask, tolerance)
+  row, col = jnp.nan_to_num(maps_lib.peak(m)).astype(jnp.int32)
+  hit = hits[row, col] & (jnp.max(m) > jnp.min(m))
   return jnp.where(_defined(m, mask), hit.astype(jnp.float32), jnp.nan)
+
+
+def pointing_chance(shape, mask, tolerance=0.0):
+  """The pointing game's chance level: the share of a [h, w] map's cells whose centre
+  counts as a hit (a map peaking at a uniformly random cell); NaN for an empty mask.
+
+  Report it beside the hit rate: a large lesion on a coarse grid is easy to point at.
+  """
+  mask = jnp.asarray(mask).astype(bool)
+  share = jnp.mean(_cell_hits(tuple(shape), mask, tolerance).astype(jnp.float32))
+  return jnp.where(jnp.any(mask), share, jnp.nan)
 
 
 def energy_inside(m, mask):
@@ -69,12 +106,12 @@ def mask_iou(m, mask, q=0.2, method="auto"):
 
 
 def _localize_one(m, mask, q, tolerance, resolution):
-  if resolution is not None:
-    m = jax.image.resize(m, tuple(resolution), method="bilinear")
+  fine = m if resolution is None else jax.image.resize(m, tuple(resolution), method="bilinear")
   return dict(pointing_game=pointing_game(m, mask, tolerance),
-              energy_inside=energy_inside(m, mask),
-              mask_iou=mask_iou(m, mask, q),
-              valid=_defined(m, mask))
+              pointing_chance=pointing_chance(m.shape, mask, tolerance),
+              energy_inside=energy_inside(fine, mask),
+              mask_iou=mask_iou(fine, mask, q),
+              valid=_defined(fine, mask))
 
 
 _localize = jax.jit(jax.vmap(_localize_one, in_axes=(0, 0, None, None, None)),
@@ -89,11 +126,13 @@ def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None):
     masks: [B, H, W] bool ground-truth masks; H, W = resolution or (h, w).
     q: top fraction for `mask_iou`.
     tolerance: pointing-game tolerance in pixels.
-    resolution: optional (H, W) to upsample the maps to first (bilinear, half-pixel).
+    resolution: optional (H, W) to upsample the maps to for energy and IoU (bilinear,
+      half-pixel); the pointing game places the native map's peak cell (`pointing_game`).
 
   Returns:
-    dict of [B]: "pointing_game" (1/0/NaN), "energy_inside", "mask_iou" (NaN where
-    undefined) and "valid" (bool: map valid and mask non-empty). The hit rate is
+    dict of [B]: "pointing_game" (1/0/NaN), "pointing_chance" (its random-peak level),
+    "energy_inside", "mask_iou" (NaN where undefined) and "valid" (bool: map valid and mask
+    non-empty). The hit rate is
     nanmean(pointing_game) over valid samples; report the invalid count beside it.
   """
   maps = jnp.asarray(maps, jnp.float32)
