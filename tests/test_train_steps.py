@@ -201,3 +201,29 @@ def test_optax_masked_would_not_freeze():
   tx = state_lib.make_optimizer(1.0, params=params, frozen=frozenset({("b",)}))
   updates, _ = tx.update(grads, tx.init(params), params)
   assert np.all(np.asarray(updates["b"]) == 0.0)
+
+
+def test_precise_batch_stats_are_the_batches_own_statistics(setup):
+  _, variables, batch = setup
+  backbone = jd.models.create(ARCH, include_top=False)
+  images = batch["image"]
+  params, stats = variables["params"], variables["batch_stats"]
+  one = steps.precise_batch_stats(backbone, params, stats, [images])
+  # With one batch's statistics, inference mode computes what training mode computes on it.
+  train_mode, _ = backbone.apply({"params": params, "batch_stats": stats}, images, train=True,
+                                 mutable=["batch_stats"])
+  inference = backbone.apply({"params": params, "batch_stats": one}, images, train=False)
+  # Up to rounding: a 1-ulp change of a mean is amplified where a tiny batch variance (4
+  # images, 1x1 final maps) makes x * inv and mean * inv cancel.
+  np.testing.assert_allclose(np.asarray(inference), np.asarray(train_mode), atol=5e-3)
+  moving = backbone.apply({"params": params, "batch_stats": stats}, images, train=False)
+  assert np.abs(np.asarray(moving) - np.asarray(train_mode)).max() > 0.1
+  # Over several batches: the mean of the per-batch statistics.
+  halves = [images[: BATCH // 2], images[BATCH // 2:]]
+  both = steps.precise_batch_stats(backbone, params, stats, halves)
+  each = [steps.precise_batch_stats(backbone, params, stats, [h]) for h in halves]
+  jax.tree.map(lambda b, x, y: np.testing.assert_allclose(b, (x + y) / 2, rtol=1e-5,
+                                                          atol=1e-6), both, *each)
+  assert jax.tree.structure(both) == jax.tree.structure(stats)
+  with pytest.raises(ValueError, match="at least one batch"):
+    steps.precise_batch_stats(backbone, params, stats, [])

@@ -18,6 +18,7 @@ another configuration and that its latest checkpoint is readable.
 """
 
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -211,6 +212,14 @@ def _abstract_variables(run: _Run) -> dict:
                       dict(shapes))
 
 
+def _precise_batch_stats(run: _Run, phase: steps.Phase, state) -> dict:
+  """Population statistics over the first full training batches in file order."""
+  full = (b["image"] for b in run.eval_batches("train") if bool(jnp.all(b["mask"])))
+  stats = steps.precise_batch_stats(phase.backbone, state.params, state.batch_stats,
+                                    itertools.islice(full, run.config.precise_bn_batches))
+  return steps.replicate(stats, run.mesh)
+
+
 def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_epoch: int,
                epochs: int, offset: int, best: dict | None):
   """Trains epochs first_epoch..epochs of phase `name`; saves every epoch and the named one.
@@ -244,6 +253,8 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
         hook({"phase": name, "epoch": epoch, "step_in_epoch": i + 1, "state": state})
     bar.close()
     train_time = time.perf_counter() - start
+    if phase.train_bn and c.precise_bn_batches:
+      state = state.replace(batch_stats=_precise_batch_stats(run, phase, state))
     val = run.evaluate(_variables(state), "validation")
     record = {"kind": "epoch", "phase": name, "epoch": epoch, "global_epoch": global_epoch,
               "step": int(state.step), "train_loss": totals["loss_sum"] / totals["count"],

@@ -10,7 +10,10 @@ training mode, on a DIFFERENT task drawn from the phantom generator with another
 
 The proxy labels come from the lesion masks, not from the lesion TYPE, so the features know
 where opacities are but were never told the five diagnostic classes. The proxy head is
-discarded; phase 1 starts from the backbone with a fresh head.
+discarded; phase 1 starts from the backbone with a fresh head. The backbone's BatchNorm
+statistics are recomputed over the proxy images at the end (`steps.precise_batch_stats`):
+after a few hundred steps the moving averages still hold part of their initial values, and
+phase 1 normalises with them.
 """
 
 import jax
@@ -24,6 +27,7 @@ from jaxdrift.train import state as state_lib
 from jaxdrift.train import steps
 
 NUM_PROXY_CLASSES = 5
+PRECISE_BN_BATCHES = 16
 _SEED_OFFSET = 1000
 
 
@@ -95,5 +99,11 @@ def pretrain_backbone(variables: dict, *, arch: str, image_size: int, num_exampl
       totals += [float(m["loss_sum"]), float(m["correct"]), float(m["count"])]
     if on_epoch is not None:
       on_epoch(epoch + 1, totals[0] / totals[2], totals[1] / totals[2])
+  # Phase 1 runs this backbone with BatchNorm in inference mode: give it population
+  # statistics, not moving averages that still remember their initial values.
+  rows = np.arange(min(per_epoch, PRECISE_BN_BATCHES) * batch_size).reshape(-1, batch_size)
+  batch_stats = steps.precise_batch_stats(
+      backbone, state.params, state.batch_stats,
+      (data_lib.to_device({"image": ds["image"][r]}, mesh)["image"] for r in rows))
   params = {**state.params, "predictions": variables["params"]["predictions"]}
-  return {"params": params, "batch_stats": state.batch_stats}
+  return {"params": params, "batch_stats": batch_stats}

@@ -24,6 +24,7 @@ parameters, the loss and the optimiser stay float32.
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxdrift.models import layers
 from jaxdrift.train import state as state_lib
 
 HEAD = "predictions"
@@ -173,6 +175,48 @@ def eval_step(state, batch: dict, *, phase: Phase) -> dict:
                       batch["image"])
   mask = batch.get("mask", jnp.ones(batch["label"].shape, bool))
   return {"logits": logits, "label": batch["label"], "mask": mask}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_statistics(backbone: nn.Module, params, batch_stats, images):
+  """Every BatchNorm layer's mean and variance over `images` (training mode)."""
+  # From zero moving statistics one update leaves exactly batch * (1 - momentum).
+  zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+  _, updated = backbone.apply({"params": params, "batch_stats": zeros}, images, train=True,
+                              mutable=["batch_stats"])
+  keep = 1.0 - layers.BatchNorm.momentum
+  return jax.tree.map(lambda u: u / keep, updated["batch_stats"])
+
+
+def precise_batch_stats(backbone: nn.Module, params, batch_stats, batches: Iterable):
+  """Population BatchNorm statistics of `backbone` over `batches` ("precise BN").
+
+  The exponential moving averages that training leaves in `batch_stats` lag behind the
+  weights (momentum 0.99 remembers the last ~100 steps, and after a short run still holds
+  ~e^(-steps/100) of the initial mean 0 / variance 1). Inference-mode BatchNorm with such
+  statistics can wreck a backbone's features. This replaces every moving mean and variance
+  by the average over `batches` of the per-batch means and variances, computed with the
+  weights as they are now (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
+
+  Args:
+    backbone: a module whose BatchNorm layers update "batch_stats" in training mode as
+      `moving * momentum + batch * (1 - momentum)` (`jd.models.layers.BatchNorm`).
+    params: the backbone's parameters (a "predictions" head entry is ignored).
+    batch_stats: the current statistics (for their structure).
+    batches: iterable of preprocessed image batches [B, H, W, 3].
+
+  Returns:
+    batch_stats of the same structure.
+  """
+  params = {k: v for k, v in params.items() if k != HEAD}
+  total, count = None, 0
+  for images in batches:
+    stats = _batch_statistics(backbone, params, batch_stats, images)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+  if not count:
+    raise ValueError("precise_batch_stats needs at least one batch")
+  return jax.tree.map(lambda t: t / count, total)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
