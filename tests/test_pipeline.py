@@ -1,5 +1,6 @@
 """The study end to end on the smoke preset: train -> drift -> report, resumable."""
 
+import dataclasses
 import json
 import os
 
@@ -102,3 +103,24 @@ def test_clear_errors(run, tmp_path):
   with pytest.raises(jd.train.WorkdirError):
     jd.study.run_pipeline("smoke", archs=("resnet50v2",), root=tmp_path, data_dir=data_dir,
                           progress=False)
+
+
+def test_drift_stage_killed_half_way_is_redone(run, monkeypatch):
+  root, data_dir, out = run
+  report_before = out["report"].read_text()
+  workdir = root / "resnet50v2"
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed after samples.csv was written")
+
+  # Another configuration overwrites samples.csv, then the run dies before its manifest.
+  monkeypatch.setattr(jd.study.drift_stage, "_epoch_drift", killed)
+  other = dataclasses.replace(jd.study.DRIFT_PRESETS["smoke"], methods=("layercam",))
+  with pytest.raises(KeyboardInterrupt):
+    jd.study.run_drift(workdir, other, data_dir=data_dir, progress=False)
+  monkeypatch.undo()
+  assert not (workdir / "drift" / "manifest.json").exists()
+  again = jd.study.run_pipeline("smoke", archs=ARCHS, root=root, data_dir=data_dir,
+                                progress=False)
+  assert again["timings"]["resnet50v2"]["drift"] > 1.0  # redone, not skipped
+  assert again["report"].read_text() == report_before

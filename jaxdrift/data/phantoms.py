@@ -8,8 +8,13 @@ order matches `chest_xray5.CLASS_NAMES` so demos can stand in for the real data:
   0 lobar_consolidation      one dense, sharply bounded opacity in a lower zone, one side
   1 peripheral_ground_glass  faint patches at the periphery of both lungs
   2 no_lesion                nothing (empty mask)
-  3 upper_lobe_nodules       2-5 small nodules in the upper zones, some cavitated (ring)
+  3 upper_lobe_nodules       2-5 small nodules, some cavitated (ring), clustered in a faint
+                             infiltrate in one upper zone
   4 diffuse_bilateral        faint, wide perihilar haze with a reticular texture
+
+The lung fields span about 0.12-0.72 of the half-width either side of the midline and most
+of the height, as on a PA radiograph, so that a 5x5 attribution grid (the demo's) has cell
+centres inside every lesion zone.
 
 The task is deliberately not trivial: 15% of lesions are weak (overlapping with no_lesion),
 ground glass and diffuse haze are both faint and bilateral, consolidations can sit in the
@@ -37,7 +42,7 @@ CLASS_NAMES = ("lobar_consolidation", "peripheral_ground_glass", "no_lesion",
 MASK_THRESHOLD = 0.02
 _NUM_PARAMS = 64
 _MAX_NODULES = 5
-_LUNG_X = np.float32(0.36)
+_LUNG_X = np.float32(0.42)
 
 
 def _params(seed: int, stream: int, index: int, size: int):
@@ -87,10 +92,10 @@ def _render(u, noise, coarse, labels, size, lesions):
   # Anatomy (u[:, 4:10]).
   body = np.clip((1 - (x / _lerp(u[:, 4], 0.82, 0.95)[:, None, None]) ** 2
                   - ((y - ax(0.15)) / ax(1.15)) ** 2) / ax(0.12), 0, 1)
-  lung_h = _lerp(u[:, 5], 0.5, 0.6)[:, None, None]
+  lung_h = _lerp(u[:, 5], 0.6, 0.7)[:, None, None]
   lungs = []
   for side in (-1, 1):
-    r2 = ((x - side * _LUNG_X) / ax(0.25)) ** 2 + ((y + ax(0.05)) / lung_h) ** 2
+    r2 = ((x - side * _LUNG_X) / ax(0.3)) ** 2 + ((y + ax(0.05)) / lung_h) ** 2
     lungs.append(np.clip((1 - r2) / ax(0.45), 0, 1))
   lung = np.maximum(lungs[0], lungs[1])
   heart_s = _lerp(u[:, 6], 0.9, 1.15)[:, None, None]
@@ -137,8 +142,8 @@ def _lesions(u, x, y, labels, out):
     side = np.where(v[:, 22] < 0.5, -1.0, 1.0).astype(np.float32) * _LUNG_X
     name = CLASS_NAMES[label]
     if name == "lobar_consolidation":
-      b = _blob(xs, ys, side + _lerp(v[:, 23], -0.06, 0.06), _lerp(v[:, 24], 0.05, 0.32),
-                _lerp(v[:, 25], 0.1, 0.16), _lerp(v[:, 26], 0.09, 0.15))
+      b = _blob(xs, ys, side + _lerp(v[:, 23], -0.06, 0.06), _lerp(v[:, 24], 0.05, 0.35),
+                _lerp(v[:, 25], 0.13, 0.2), _lerp(v[:, 26], 0.12, 0.18))
       layer = np.clip(ax(1.6) * b - ax(0.3), 0, 1) * _lerp(v[:, 27], 0.18, 0.4)[:, None, None]
     elif name == "peripheral_ground_glass":
       layer = np.zeros_like(xs)
@@ -146,17 +151,19 @@ def _lesions(u, x, y, labels, out):
         # Patch 0 in the left lung, patch 1 in the right, patch 2 on either side.
         sk = np.where(v[:, 28] < 0.5, -1.0, 1.0) if k == 2 else np.full(len(idx), 2.0 * k - 1)
         cxk = sk * (_LUNG_X + _lerp(v[:, 29 + k], 0.06, 0.16))
-        b = _blob(xs, ys, cxk, _lerp(v[:, 32 + k], -0.15, 0.4), _lerp(v[:, 35 + k], 0.07, 0.11),
-                  _lerp(v[:, 35 + k], 0.09, 0.14))
+        b = _blob(xs, ys, cxk, _lerp(v[:, 32 + k], -0.2, 0.4), _lerp(v[:, 35 + k], 0.09, 0.13),
+                  _lerp(v[:, 35 + k], 0.11, 0.16))
         layer = np.maximum(layer, b * _lerp(v[:, 38 + k], 0.08, 0.16)[:, None, None])
     elif name == "upper_lobe_nodules":
-      layer = np.zeros_like(xs)
       count = 2 + np.floor(v[:, 41] * 4).astype(int)
+      side = np.where(v[:, 42] < 0.5, -1.0, 1.0) * _LUNG_X
+      ccy = _lerp(v[:, 43], -0.45, -0.3)
+      sig = _lerp(v[:, 44], 0.12, 0.16)
+      layer = _blob(xs, ys, side, ccy, sig, sig) * _lerp(v[:, 45], 0.04, 0.07)[:, None, None]
       for k in range(_MAX_NODULES):
-        sk = np.where(v[:, 42 + k] < 0.5, -1.0, 1.0) * _LUNG_X
-        sig = _lerp(v[:, 47 + k], 0.025, 0.045)
-        ncx = sk + _lerp(v[:, 52 + k], -0.12, 0.12)
-        ncy = _lerp(v[:, 57 + k], -0.5, -0.22)
+        sig = _lerp(v[:, 47 + k], 0.035, 0.055)
+        ncx = side + _lerp(v[:, 52 + k], -0.15, 0.15)
+        ncy = ccy + _lerp(v[:, 57 + k], -0.12, 0.12)
         b = _blob(xs, ys, ncx, ncy, sig, sig)
         cavity = (v[:, 62] < 0.4)[:, None, None] * _blob(xs, ys, ncx, ncy, sig * 0.5, sig * 0.5)
         amp = (k < count) * _lerp(v[:, 63], 0.2, 0.4)

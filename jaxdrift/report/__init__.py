@@ -140,6 +140,9 @@ def _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_name
       "(`permutation`).", "", tables.null_table(runs, tables.HEADLINE), ""]
   if any(r.get("localization") for r in runs):
     parts += ["## Localisation against the lesion masks (phantoms)", "",
+              "Per checkpoint, over the test images of the class that it classifies "
+              "correctly. Pointing game: the map's peak cell lies in the mask; chance: the "
+              "share of cells whose centre does (a peak at a random cell).", "",
               tables.localization_table(runs), ""]
   parts += ["## Figures", ""]
   for name, fig in figs.items():

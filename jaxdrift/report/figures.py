@@ -154,11 +154,15 @@ def localization(rows, path) -> int:
                       if r["class_name"] == c and r["checkpoint"] == ckpt), np.nan)
                 for c in classes]
       ax.bar(x + offset, values, width=0.4, label=ckpt.upper())
+    chance = [next((r.get("pointing_chance", np.nan) for r in group if r["class_name"] == c),
+                   np.nan) for c in classes]
+    ax.scatter(x, chance, marker="_", s=400, color="black", zorder=3,
+               label="chance (random cell)")
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=30, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("pointing-game hit rate")
     ax.set_title(f"{arch} {method}")
   axes[0][0].legend(fontsize=7)
-  fig.suptitle("Do the maps point at the lesion? (phantoms, selected samples)")
+  fig.suptitle("Do the maps point at the lesion? (phantoms, each checkpoint's true positives)")
   return _save(fig, path)

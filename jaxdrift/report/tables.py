@@ -95,7 +95,7 @@ def localization_table(runs) -> str:
   for run in runs:
     for r in run.get("localization", []):
       rows.append([run["arch"], r["method"], r["class_name"], r["checkpoint"], r["n"],
-                   r["n_undefined"], fmt(r["pointing_game"]), fmt(r["energy_inside"]),
-                   fmt(r["mask_iou"])])
+                   r["n_undefined"], fmt(r["pointing_game"]), fmt(r.get("pointing_chance")),
+                   fmt(r["energy_inside"]), fmt(r["mask_iou"])])
   return markdown(["arch", "method", "class", "checkpoint", "n", "no lesion / invalid",
-                   "pointing game", "energy inside", "mask IoU"], rows)
+                   "pointing game", "chance", "energy inside", "mask IoU"], rows)

@@ -159,6 +159,9 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   if done.exists() and results.read_json(done) == manifest and all(
       p.exists() for p in paths.values() if p is not None):
     return {**paths, "skipped": True}
+  # The manifest is written last: without it, files left by a run killed half-way (or of
+  # another configuration) never pass for finished.
+  done.unlink(missing_ok=True)
 
   model, tl_vars, run_config = train.load_checkpoint(workdir, "tl")
   _, ft_vars, _ = train.load_checkpoint(workdir, "ft")
@@ -207,6 +210,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
             loc = metrics.localize(maps, batch["lesion_mask"], resolution=(size, size))
             for k in ("pointing_game", "energy_inside", "mask_iou"):
               row[f"{name}_{k}"] = np.asarray(loc[k])[keep]
+          row["pointing_chance"] = np.asarray(loc["pointing_chance"])[keep]
         columns.append(row)
         tl_all[method, layer].append(np.asarray(tl_maps)[keep])
         ft_all[method, layer].append(np.asarray(ft_maps)[keep])
@@ -256,7 +260,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       "classification": _classification(workdir),
   }
   if lesion:
-    aggregates["localization"] = _localization(table, selected, class_names)
+    aggregates["localization"] = _localization(table, class_names)
   if config.epochs == "all":
     epoch_table = _epoch_drift(workdir, model, run_config, tl_all, source, layers, config,
                                mesh, batch_size, size)
@@ -319,26 +323,31 @@ def _classification(workdir) -> dict:
   return results.read_json(path) if path.exists() else {}
 
 
-def _localization(table, selected, class_names) -> list[dict]:
-  """Pointing-game hit rate, energy inside and mask IoU per method, layer, class, checkpoint,
-  over selected samples with a lesion (the no-lesion class has none: NaN rows, counted)."""
+def _localization(table, class_names) -> list[dict]:
+  """Pointing-game hit rate (and its random-peak chance level), energy inside and mask IoU
+  per method, layer, class and checkpoint, over the test images of the class that THIS
+  checkpoint classifies correctly (its true positives: where a map explains a right answer).
+  The no-lesion class has no mask: NaN rows, counted as undefined."""
   out = []
   for method, layer in sorted(set(zip(table["method"], table["layer"]))):
-    group = selected & (table["method"] == method) & (table["layer"] == layer)
+    group = (table["method"] == method) & (table["layer"] == layer)
     for cls in sorted(set(table["label"][group])):
-      rows = group & (table["label"] == cls)
       for ckpt in ("tl", "ft"):
+        rows = group & (table["label"] == cls) & (table[f"{ckpt}_pred"] == cls)
         hits = table[f"{ckpt}_pointing_game"][rows]
         defined = np.isfinite(hits)
+
+        def mean(column):
+          return float(np.nanmean(table[column][rows])) if defined.any() else float("nan")
+
         out.append(dict(method=method, layer=layer, label=int(cls),
                         class_name=class_names[cls], checkpoint=ckpt,
                         n=int(rows.sum()), n_undefined=int((~defined).sum()),
                         pointing_game=float(hits[defined].mean()) if defined.any()
                         else float("nan"),
-                        energy_inside=float(np.nanmean(table[f"{ckpt}_energy_inside"][rows]))
-                        if defined.any() else float("nan"),
-                        mask_iou=float(np.nanmean(table[f"{ckpt}_mask_iou"][rows]))
-                        if defined.any() else float("nan")))
+                        pointing_chance=mean("pointing_chance"),
+                        energy_inside=mean(f"{ckpt}_energy_inside"),
+                        mask_iou=mean(f"{ckpt}_mask_iou")))
   return out
 
 
