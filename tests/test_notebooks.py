@@ -5,6 +5,9 @@ error fails the test. The install cell installs jaxdrift from this checkout.
 """
 
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -83,3 +86,37 @@ KAGGLE_ZIP = "{archive}"
 ''', tmp_path)
   assert "lungs.zip" in outputs(nb)
   assert (tmp_path / "runs" / "report" / "report.md").exists()
+
+
+def _code_cells(name):
+  nb = nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+  return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (pip installs git+URL)")
+def test_install_cells_work_in_a_fresh_venv_outside_any_checkout(tmp_path):
+  """A fresh Colab runtime: no checkout around the notebook, so the install cell pip-installs
+  git+REPO_URL into an environment without jaxdrift. Here REPO_URL is a clone of this
+  repository's HEAD and the environment a new virtual environment (its dependencies come
+  from the package index, as on Colab)."""
+  repo = tmp_path / "jaxdrift.git"
+  subprocess.run(["git", "clone", "-q", "--bare", str(COLAB.parent), str(repo)], check=True)
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  python = venv / "bin" / "python"
+  outside = tmp_path / "content"  # Colab's working directory, not inside a checkout
+  outside.mkdir()
+  for name in ("quickstart", "reproduce_paper", "metrics_api"):
+    cells = _code_cells(name)
+    assert "parameters" in cells[0].metadata.get("tags", [])
+    install, devices = cells[1].source, cells[2].source
+    assert "pip" in install and "jax.devices()" in devices, name
+    script = f"REPO_URL = 'file://{repo}'\n{install}\n{devices}\n"
+    done = subprocess.run([str(python), "-c", script], cwd=outside, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, (name, done.stdout[-2000:], done.stderr[-4000:])
+    assert f"jaxdrift installed from file://{repo}" in done.stdout, name
+    assert "device(s)" in done.stdout and "running on the CPU" in done.stdout, name
+  where = subprocess.run([str(python), "-c", "import jaxdrift; print(jaxdrift.__file__)"],
+                         cwd=outside, capture_output=True, text=True, check=True).stdout
+  assert str(venv) in where  # the installed copy, not this checkout
