@@ -16,7 +16,7 @@ epochs nor head. The `paper` preset is jaxdrift's documented choice where it is 
   (arXiv 2604.08502) reports for the same three backbones;
 * batch 32, constant learning rates, no weight decay, no early stopping, float32.
 
-`demo` runs on a CPU in two to four minutes per architecture: the REDUCED variant of the
+`demo` runs on a CPU in two to five minutes per architecture: the REDUCED variant of the
 backbone (`jd.models.TINY[arch]`, named as such in config.json), 2000 phantoms at 160 px
 (203 px for InceptionV3: 5x5 maps at the canonical layer, the coarsest grid with cell
 centres inside every lesion zone), and, because ImageNet weights cannot be downloaded
