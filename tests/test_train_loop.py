@@ -97,6 +97,21 @@ def test_resume_after_kill_gives_identical_parameters(cli_run, data_dir, tmp_pat
     jd.train.train(config, tmp_path / "corrupt", progress=False)
 
 
+def test_kill_in_the_first_epoch_of_phase_2_resumes_from_the_tl_checkpoint(
+    cli_run, data_dir, tmp_path):
+  workdir = tmp_path / "killed_early"
+
+  def kill(info):  # the latest epoch checkpoint is then phase 1's last
+    if info["phase"] == "ft" and info["epoch"] == 1 and info["step_in_epoch"] == 2:
+      raise Killed
+
+  with pytest.raises(Killed):
+    jd.train.train(_config(data_dir), workdir, progress=False, hooks=[kill])
+  jd.train.train(_config(data_dir), workdir, progress=False)
+  expected, got = _variables(cli_run, "ft"), _variables(workdir, "ft")
+  assert all(np.array_equal(expected[p], got[p]) for p in expected)
+
+
 def test_workdir_of_another_architecture_is_refused(cli_run, data_dir, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(["--arch", "densenet201", "--preset", "smoke", "--data-dir", str(data_dir),

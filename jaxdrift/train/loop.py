@@ -334,11 +334,13 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
     _start_or_resume(run, "tl", variables, trainable=(steps.HEAD,), lr=config.lr_tl,
                      epochs=e_tl, offset=0, phase=phase_tl, key=tl_key, meta=meta,
                      latest=latest)
-    meta = None  # phase 2 starts fresh from the tl checkpoint
 
   if not ft_done:
+    # Phase 2 resumes only from its own epoch checkpoints; a run killed in its first epoch
+    # (latest checkpoint: phase 1's last) starts it afresh from the tl checkpoint.
+    meta = meta if meta is not None and meta["phase"] == "ft" else None
     abstract = _abstract_variables(run)
-    if meta is None:  # start phase 2 from the tl checkpoint
+    if meta is None:
       variables, _ = ckpt.restore_named(workdir, "tl", abstract)
     else:
       variables = abstract
