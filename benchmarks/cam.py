@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxdrift as jd
+from jaxdrift.models.layers import PERTURBATIONS, TAPS
 
 
 def timed(fn, *args):
@@ -43,9 +44,9 @@ def per_image_fn(model, layer):
 
   def maps(variables, image, target, zeros):
     def score(delta):
-      logits, state = model.apply({**variables, "perturbations": {layer: delta}}, image,
-                                  train=False, mutable=["taps"])
-      return logits[0, target], state["taps"]["layers"][layer]
+      logits, state = model.apply({**variables, PERTURBATIONS: {layer: delta}}, image,
+                                  train=False, mutable=[TAPS])
+      return logits[0, target], state[TAPS]["layers"][layer]
 
     grads, acts = jax.grad(score, has_aux=True)(zeros)
     a, g = acts[0], grads[0]

@@ -21,7 +21,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdrift import distributed
 from jaxdrift.cam import checks, input_grads, methods as weightings
@@ -150,15 +149,6 @@ def _program(model, layers: tuple, requests: tuple, pair: bool, checkpoint_map: 
 # ---------------------------------------------------------------------------- entry points
 
 
-def _mesh(mesh):
-  """The given mesh (default: all devices on a "data" axis) with automatic sharding.
-
-  The program relies on sharding propagation (batch in, batch out); explicit axis types
-  would make every vmap over the batch a sharding-typed operation.
-  """
-  return distributed.auto_mesh(mesh)
-
-
 def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoint_map,
          options):
   checks.check_images(images)
@@ -177,13 +167,15 @@ def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoin
   weights = checks.target_weights(targets, batch, num_classes)
   dynamic = checks.dynamic_options(requests, options, images)
 
-  mesh = _mesh(mesh)
-  n = mesh.shape["data"]
+  # Automatic axes: the program relies on sharding propagation (batch in, batch out);
+  # explicit axis types would make every vmap over the batch a sharding-typed operation.
+  mesh = distributed.auto_mesh(mesh)
+  n = mesh.shape[distributed.DATA_AXIS]
   padded = -(-batch // n) * n
   rows = np.minimum(np.arange(padded), batch - 1)
   pad = (lambda a: a[rows]) if padded != batch else (lambda a: a)
-  shard = NamedSharding(mesh, P("data"))
-  replicated = NamedSharding(mesh, P())
+  shard = distributed.batch_sharding(mesh)
+  replicated = distributed.replicated(mesh)
   images = jax.device_put(pad(jnp.asarray(images)), shard)
   weights = jax.device_put(pad(weights), shard)
   dynamic = {name: {k: jax.device_put(v, replicated) if k == "baselines"

@@ -41,11 +41,8 @@ map of such a network used eq19 (or a layer inside the network).
 import jax
 import jax.numpy as jnp
 
-
-def _safe_div(num, den):
-  """num / den, and 0 where den == 0 (no NaN, and no NaN gradient either)."""
-  ok = den != 0
-  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+from jaxdrift.cam import postprocess
+from jaxdrift.cam.postprocess import safe_div
 
 
 def channel_sum(weights, acts):
@@ -79,13 +76,13 @@ def layercam(acts, grads):
 def xgradcam(acts, grads):
   """XGrad-CAM (Fu et al. 2020): w_k = sum_ij g A / S_k (0 for S_k = 0). [h,w,K] x2 -> [h, w]."""
   totals = jnp.sum(acts, axis=(0, 1))
-  return channel_sum(_safe_div(jnp.sum(grads * acts, axis=(0, 1)), totals), acts)
+  return channel_sum(safe_div(jnp.sum(grads * acts, axis=(0, 1)), totals), acts)
 
 
 def _alpha(acts, grads, where):
   """Grad-CAM++ alpha = g^2 / (2 g^2 + S g^3) = 1 / (2 + S g) on `where` (g != 0), else 0."""
   totals = jnp.sum(acts, axis=(0, 1))
-  return jnp.where(where, _safe_div(1.0, 2.0 + totals * grads), 0.0)
+  return jnp.where(where, safe_div(1.0, 2.0 + totals * grads), 0.0)
 
 
 def gradcam_pp_eq19(acts, grads):
@@ -146,14 +143,14 @@ def tanh_scale(cam, gamma: float = 2.0):
   Returns:
     [h, w] in [0, tanh(gamma)].
   """
-  return jnp.tanh(gamma * _safe_div(cam, jnp.max(cam)))
+  return jnp.tanh(gamma * safe_div(cam, jnp.max(cam)))
 
 
 def fuse_layers(cams, size, gamma: float = 2.0):
   """Multi-layer LayerCAM: scale each layer's map, resize to `size`, take the element-wise max.
 
   Every map is scaled with `tanh_scale` (so layers with activations of different magnitude
-  become comparable), upsampled bilinearly with half-pixel centres (see `core.upsample`) to
+  become comparable), upsampled bilinearly with half-pixel centres (`postprocess.upsample`) to
   `size` (the finest layer's resolution), then fused by element-wise maximum.
 
   Args:
@@ -164,5 +161,5 @@ def fuse_layers(cams, size, gamma: float = 2.0):
   Returns:
     [H, W] fused map.
   """
-  scaled = [jax.image.resize(tanh_scale(c, gamma), size, "bilinear") for c in cams]
+  scaled = [postprocess.upsample(tanh_scale(c, gamma), size) for c in cams]
   return jnp.max(jnp.stack(scaled), axis=0)

@@ -4,6 +4,12 @@ import jax
 import jax.numpy as jnp
 
 
+def safe_div(num, den):
+  """num / den, and 0 where den == 0 (no NaN, and no NaN gradient either)."""
+  ok = den != 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
 def upsample(maps, size):
   """Bilinear resize of maps [B, h, w] (or [h, w]) to `size` = (H, W), float32.
 
@@ -39,4 +45,4 @@ def normalize(maps, mode: str = "max"):
     num, den = maps, jnp.sum(maps, axis=axes, keepdims=True)
   else:
     raise ValueError(f"mode must be 'max', 'minmax' or 'sum', got {mode!r}")
-  return jnp.where(den != 0, num / jnp.where(den != 0, den, 1.0), 0.0)
+  return safe_div(num, den)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdrift.metrics import maps as maps_lib
+from jaxdrift.metrics.drift import upsample
 
 
 def _check(m, mask):
@@ -71,10 +72,19 @@ def pointing_game(m, mask, tolerance=0.0):
   """
   m = jnp.asarray(m, jnp.float32)
   mask = jnp.asarray(mask).astype(bool)
-  hits = _cell_hits(m.shape, mask, tolerance)
+  return _point(m, mask, _cell_hits(m.shape, mask, tolerance))
+
+
+def _point(m, mask, hits):
+  """`pointing_game` given the map's cell hits [h, w] (`_cell_hits`)."""
   row, col = jnp.nan_to_num(maps_lib.peak(m)).astype(jnp.int32)
   hit = hits[row, col] & (jnp.max(m) > jnp.min(m))
   return jnp.where(_defined(m, mask), hit.astype(jnp.float32), jnp.nan)
+
+
+def _chance(mask, hits):
+  """`pointing_chance` given the map's cell hits [h, w]."""
+  return jnp.where(jnp.any(mask), jnp.mean(hits.astype(jnp.float32)), jnp.nan)
 
 
 def pointing_chance(shape, mask, tolerance=0.0):
@@ -84,8 +94,7 @@ def pointing_chance(shape, mask, tolerance=0.0):
   Report it beside the hit rate: a large lesion on a coarse grid is easy to point at.
   """
   mask = jnp.asarray(mask).astype(bool)
-  share = jnp.mean(_cell_hits(tuple(shape), mask, tolerance).astype(jnp.float32))
-  return jnp.where(jnp.any(mask), share, jnp.nan)
+  return _chance(mask, _cell_hits(tuple(shape), mask, tolerance))
 
 
 def energy_inside(m, mask):
@@ -106,9 +115,10 @@ def mask_iou(m, mask, q=0.2, method="auto"):
 
 
 def _localize_one(m, mask, q, tolerance, resolution):
-  fine = m if resolution is None else jax.image.resize(m, tuple(resolution), method="bilinear")
-  return dict(pointing_game=pointing_game(m, mask, tolerance),
-              pointing_chance=pointing_chance(m.shape, mask, tolerance),
+  fine = m if resolution is None else upsample(m, resolution)
+  hits = _cell_hits(m.shape, mask, tolerance)  # shared by the hit and its chance level
+  return dict(pointing_game=_point(m, mask, hits),
+              pointing_chance=_chance(mask, hits),
               energy_inside=energy_inside(fine, mask),
               mask_iou=mask_iou(fine, mask, q),
               valid=_defined(fine, mask))

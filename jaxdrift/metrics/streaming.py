@@ -12,12 +12,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdrift import distributed
-from jaxdrift.metrics.drift import as_map_batch, chunk_size, make_params, pair_metrics
+from jaxdrift.metrics.drift import _drift_batch, as_map_batch, make_params
 
 DATA_AXIS = distributed.DATA_AXIS
 
@@ -27,9 +25,7 @@ data_mesh = distributed.data_mesh
 
 def _masked_metrics(maps_a, maps_b, mask, params):
   """Per-sample metrics of a local batch [b, h, w]; padded entries are NaN / invalid."""
-  chunk = min(chunk_size(params, maps_a.shape[1:]), maps_a.shape[0])
-  out = lax.map(lambda ab: pair_metrics(ab[0], ab[1], params), (maps_a, maps_b),
-                batch_size=chunk)
+  out = _drift_batch(maps_a, maps_b, params)
   return {k: (v & mask) if v.dtype == jnp.bool_ else jnp.where(mask, v, jnp.nan)
           for k, v in out.items()}
 
@@ -51,7 +47,7 @@ def drift_step(params, mesh):
   # annotation; the computation is per-sample, so nothing mixes across shards.
   sharded = jax.shard_map(functools.partial(_masked_metrics, params=params), mesh=mesh,
                           in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
-  sharding = NamedSharding(mesh, spec)
+  sharding = distributed.batch_sharding(mesh)
   return jax.jit(sharded, in_shardings=(sharding,) * 3, out_shardings=sharding)
 
 

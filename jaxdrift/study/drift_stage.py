@@ -97,10 +97,6 @@ def _arch_of(model, shapes) -> str:
   raise DriftStageError(f"cannot tell the architecture of {type(model).__name__}")
 
 
-def _drift_columns(out: dict, keep) -> dict:
-  return {k: np.asarray(v)[keep] for k, v in out.items()}
-
-
 class _Examples:
   """The first `k` selected images of each class, with their upsampled maps."""
 
@@ -196,7 +192,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       for method, res in pair.items():
         tl_maps, ft_maps = res.maps[0], res.maps[1]
         d = metrics.drift(tl_maps, ft_maps, resolution=(size, size))
-        row = _drift_columns(d, keep)
+        row = results.subset(d, keep)
         row.update(image=np.asarray(batch["index"])[keep], id=np.asarray(batch["id"])[keep],
                    label=labels[keep], tl_pred=tl_pred[keep], ft_pred=ft_pred[keep],
                    method=np.full(keep.sum(), method, object),
@@ -265,7 +261,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
     epoch_table = _epoch_drift(workdir, model, run_config, tl_all, source, layers, config,
                                mesh, batch_size, size)
     results.write_table(epoch_table, paths["epochs"])
-    aggregates["epochs"] = _epoch_summary(epoch_table, table, config.selection)
+    aggregates["epochs"] = _epoch_summary(epoch_table, table, selected)
   results.write_json(aggregates, paths["aggregates"])
   results.write_json(manifest, done)
   return {**paths, "skipped": False}
@@ -388,11 +384,10 @@ def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mes
   return results.concat(columns)
 
 
-def _epoch_summary(epoch_table, table, selection) -> list[dict]:
+def _epoch_summary(epoch_table, table, selected) -> list[dict]:
   """Mean of every metric per method, layer, epoch and reference, over the images that the
-  final selection keeps (the same images at every epoch)."""
-  chosen = set(table["image"][stats.select(table["label"], table["tl_pred"], table["ft_pred"],
-                                           selection)].tolist())
+  final selection (`selected`, rows of `table`) keeps (the same images at every epoch)."""
+  chosen = set(table["image"][selected].tolist())
   keep = np.isin(epoch_table["image"], list(chosen))
   out = []
   keys = sorted(set(zip(epoch_table["method"], epoch_table["layer"], epoch_table["epoch"],

@@ -18,6 +18,7 @@ another configuration and that its latest checkpoint is readable.
 """
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -121,6 +122,18 @@ class _Run:
   hooks: Sequence[Callable[[dict], None]]
   log_path: pathlib.Path
 
+  @functools.cached_property
+  def abstract_variables(self) -> dict:
+    """Shapes of {"params", "batch_stats"}, replicated on the mesh (restore template)."""
+    c = self.config
+    model = models.create(c.model_arch, self.num_classes)
+    x = jax.ShapeDtypeStruct((1, c.input_size, c.input_size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape),
+                                               train=False))
+    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        dict(shapes))
+
   @property
   def steps_per_epoch(self) -> int:
     n = data_lib.steps_per_epoch(len(self.sources["train"]), self.config.batch_size, True)
@@ -171,7 +184,7 @@ def _initial_variables(run: _Run, init_key, pretrain_key) -> dict:
   """Backbone weights (+ proxy pretraining, resumable via the 'pretrain' checkpoint)."""
   c = run.config
   if c.pretrain_epochs and ckpt.named_path(run.workdir, "pretrain").exists():
-    variables, _ = ckpt.restore_named(run.workdir, "pretrain", _abstract_variables(run))
+    variables, _ = ckpt.restore_named(run.workdir, "pretrain", run.abstract_variables)
     return variables
   weights = c.weights
   if weights == "imagenet" and c.reduced:
@@ -198,18 +211,7 @@ def _initial_variables(run: _Run, init_key, pretrain_key) -> dict:
         mesh=run.mesh, dtype=dtype, on_epoch=on_epoch)
     ckpt.save_named(run.workdir, "pretrain", variables["params"], variables["batch_stats"],
                     {"epochs": c.pretrain_epochs})
-  return steps.replicate(variables, run.mesh)
-
-
-def _abstract_variables(run: _Run) -> dict:
-  c = run.config
-  model = models.create(c.model_arch, run.num_classes)
-  x = jax.ShapeDtypeStruct((1, c.input_size, c.input_size, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape),
-                                             train=False))
-  sharding = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                      dict(shapes))
+  return variables  # placed on the mesh with the train state (`_make_state`)
 
 
 def _precise_batch_stats(run: _Run, phase: steps.Phase, state) -> dict:
@@ -330,7 +332,7 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
     if meta is None:
       variables = _initial_variables(run, init_key, pretrain_key)
     else:
-      variables = _abstract_variables(run)
+      variables = run.abstract_variables
     _start_or_resume(run, "tl", variables, trainable=(steps.HEAD,), lr=config.lr_tl,
                      epochs=e_tl, offset=0, phase=phase_tl, key=tl_key, meta=meta,
                      latest=latest)
@@ -339,7 +341,7 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
     # Phase 2 resumes only from its own epoch checkpoints; a run killed in its first epoch
     # (latest checkpoint: phase 1's last) starts it afresh from the tl checkpoint.
     meta = meta if meta is not None and meta["phase"] == "ft" else None
-    abstract = _abstract_variables(run)
+    abstract = run.abstract_variables
     if meta is None:
       variables, _ = ckpt.restore_named(workdir, "tl", abstract)
     else:
@@ -369,7 +371,7 @@ def _start_or_resume(run: _Run, name, variables, *, trainable, lr, epochs, offse
 
 def _summarise(run: _Run) -> dict:
   """Test metrics of tl and ft; writes summary.json and prints a table."""
-  abstract = _abstract_variables(run)
+  abstract = run.abstract_variables
   summary = {"arch": run.config.arch, "model_arch": run.config.model_arch,
              "preset": run.config.preset, "data": run.config.data}
   for name in ("tl", "ft"):

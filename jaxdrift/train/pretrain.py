@@ -77,12 +77,12 @@ def pretrain_backbone(variables: dict, *, arch: str, image_size: int, num_exampl
   phase = steps.Phase(backbone=backbone, num_classes=NUM_PROXY_CLASSES, train_bn=True,
                       dtype=dtype)
   head_key, step_key = jax.random.split(key)
-  features = variables["params"]["predictions"]["kernel"].shape[0]
+  features = variables["params"][steps.HEAD]["kernel"].shape[0]
   head = {"kernel": jax.nn.initializers.lecun_normal()(
       head_key, (features, NUM_PROXY_CLASSES)), "bias": jnp.zeros((NUM_PROXY_CLASSES,))}
-  params = {**{k: v for k, v in variables["params"].items() if k != "predictions"},
-            "predictions": head}
-  per_epoch = num_examples // batch_size
+  params = {**{k: v for k, v in variables["params"].items() if k != steps.HEAD},
+            steps.HEAD: head}
+  per_epoch = data_lib.steps_per_epoch(num_examples, batch_size, train=True)
   schedule = optax.cosine_decay_schedule(learning_rate, max(1, epochs * per_epoch))
   tx = state_lib.make_optimizer(schedule, params=params, frozen=frozenset())
   state = steps.replicate(state_lib.TrainState.create(
@@ -105,5 +105,5 @@ def pretrain_backbone(variables: dict, *, arch: str, image_size: int, num_exampl
   batch_stats = steps.precise_batch_stats(
       backbone, state.params, state.batch_stats,
       (data_lib.to_device({"image": ds["image"][r]}, mesh)["image"] for r in rows))
-  params = {**state.params, "predictions": variables["params"]["predictions"]}
+  params = {**state.params, steps.HEAD: variables["params"][steps.HEAD]}
   return {"params": params, "batch_stats": batch_stats}
