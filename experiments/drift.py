@@ -33,6 +33,11 @@ def parse(argv=None):
   p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
   p.add_argument("--null-samples", type=int, default=defaults.null_samples,
                  help="images for the perturbation and random-head nulls")
+  p.add_argument("--grid", default=defaults.grid, choices=["network", "half_pixel"],
+                 help="where a map's cells sit on the image: at their receptive fields' "
+                      "centres (network) or at half-pixel centres like cv2.resize")
+  p.add_argument("--pointing-tolerance", type=float, default=defaults.pointing_tolerance,
+                 help="pointing-game tolerance as a fraction of the image size (phantoms)")
   p.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
   p.add_argument("--seed", type=int, default=defaults.seed, help="seed of nulls and bootstrap")
   return p.parse_args(argv)
@@ -43,7 +48,8 @@ def main(argv=None):
   config = study.DriftConfig(
       methods=tuple(args.methods.split(",")), layers=tuple(args.layers.split(",")),
       selection=args.select, epochs=args.epochs, split=args.split,
-      batch_size=args.batch_size, null_samples=args.null_samples, seed=args.seed)
+      batch_size=args.batch_size, null_samples=args.null_samples, seed=args.seed,
+      grid=args.grid, pointing_tolerance=args.pointing_tolerance)
   try:
     paths = study.run_drift(args.workdir, config, data_dir=args.data_dir)
   except (study.DriftStageError, train.CheckpointError, FileNotFoundError) as e:

@@ -95,3 +95,34 @@ def test_localize_batch_with_resolution():
   assert f(out["energy_inside"][1]) == pytest.approx(0.25)
   with pytest.raises(ValueError, match="masks"):
     M.localize(maps, masks[:, :2])
+
+
+def test_a_grid_places_cells_where_the_network_centred_them():
+  # A 3x3 map of stride 4 whose cell i is centred on pixel 4 i (ResNet50V2-like): the peak
+  # cell (1, 1) sits on pixel (4, 4), not on the half-pixel centre (5.5 -> 6, 6).
+  m = np.zeros((3, 3), np.float32)
+  m[1, 1] = 1.0
+  mask = np.zeros((12, 12), bool)
+  mask[3:5, 3:5] = True
+  grid = (4.0, 0.0)
+  assert f(M.pointing_game(m, mask)) == 0.0
+  assert f(M.pointing_game(m, mask, grid=grid)) == 1.0
+  assert f(M.pointing_chance((3, 3), mask, grid=grid)) == pytest.approx(1 / 9)
+  up = np.asarray(M.upsample(m, (12, 12), grid))
+  assert np.unravel_index(up.argmax(), up.shape) == (4, 4)
+  np.testing.assert_allclose(up[[0, 4, 8], :][:, [0, 4, 8]], m)  # cell values at centres
+  np.testing.assert_allclose(up[4, 2], 0.5)  # linear between centres
+  assert (up[9:, :] == up[8:9, :]).all()  # clamped beyond the last centre
+  out = M.localize(m[None], mask[None], resolution=(12, 12), grid=grid)
+  assert f(out["pointing_game"][0]) == 1.0
+  assert f(out["energy_inside"][0]) == pytest.approx(up[mask].sum() / up.sum())
+
+
+def test_upsample_with_the_half_pixel_grid_is_jax_image_resize():
+  m = np.random.default_rng(0).random((2, 5, 5)).astype(np.float32)
+  for size in (160, 203):
+    half_pixel = (size / 5, (size / 5 - 1) / 2)
+    np.testing.assert_allclose(M.upsample(m, (size, size), half_pixel),
+                               M.upsample(m, (size, size)), atol=1e-6)
+  with pytest.raises(ValueError, match="stride"):
+    M.upsample(m, (10, 10), (0.0, 1.0))

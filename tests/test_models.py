@@ -161,3 +161,25 @@ def test_defaults_and_unknown_names():
     jd.models.create("resnet50")
   with pytest.raises(ValueError, match="pooling"):
     jd.models.create("resnet50v2", include_top=False, pooling="mean")
+
+
+@pytest.mark.parametrize("arch,size", [("resnetv2_tiny", 256), ("densenet_tiny", 256),
+                                       ("inceptionv3_tiny", 736)])
+def test_cam_grid_is_the_centre_of_the_receptive_field(arch, size):
+  """Cell i of the canonical map reads input rows [c_i - R, c_i + R] (clipped to the
+  image) with c_i = offset + stride * i: the first cell's support ends at c_0 + R and the
+  last cell's starts at c_last - R, so their sum is c_0 + c_last whatever R is."""
+  model = jd.models.create(arch, include_top=False)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float32)
+  variables = random_variables(model, x.shape)
+  h = jax.eval_shape(lambda x: model.apply(variables, x), x).shape[1]
+  # d(first cell, last cell) / d input: rows of the input each cell depends on, two images.
+  corners = lambda x: (lambda y: jnp.stack([y[:, 0, 0].sum(), y[:, -1, -1].sum()]))(
+      model.apply(variables, x))
+  g = np.abs(np.asarray(jax.jacrev(corners)(x))).sum((1, 3, 4))
+  first, last = np.flatnonzero(g[0]), np.flatnonzero(g[1])
+  assert first[-1] < size - 1 and last[0] > 0, "receptive field wider than the test image"
+  stride, offset = jd.models.cam_grid(arch, size)
+  assert first[-1] + last[0] == 2 * offset + stride * (h - 1)
+  # Placed on an image of another resolution, the grid scales with pixel centres.
+  assert jd.models.cam_grid(arch, size, 2 * size) == (2 * stride, 2 * offset + 0.5)

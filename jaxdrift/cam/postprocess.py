@@ -1,7 +1,8 @@
 """Named post-processing steps for raw maps: upsampling and normalisation."""
 
-import jax
 import jax.numpy as jnp
+
+from jaxdrift import metrics
 
 
 def safe_div(num, den):
@@ -10,17 +11,18 @@ def safe_div(num, den):
   return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def upsample(maps, size):
+def upsample(maps, size, grid=None):
   """Bilinear resize of maps [B, h, w] (or [h, w]) to `size` = (H, W), float32.
 
-  `jax.image.resize(method="bilinear")` samples at half-pixel centres (output pixel i reads
-  input coordinate (i + 0.5) * h / H - 0.5) and clamps at the border: the convention of
-  OpenCV's cv2.resize(INTER_LINEAR) that pytorch-grad-cam uses (tf-keras-vis uses
-  scipy.ndimage.zoom order 1, captum nearest, xplique bicubic). Non-negative maps stay
+  By default the cells sit at half-pixel centres (output pixel i reads input coordinate
+  (i + 0.5) * h / H - 0.5) and the border is clamped: `jax.image.resize(method="bilinear")`,
+  the convention of OpenCV's cv2.resize(INTER_LINEAR) that pytorch-grad-cam uses
+  (tf-keras-vis uses scipy.ndimage.zoom order 1, captum nearest, xplique bicubic). With
+  `grid` = (stride, offset) from `jd.models.cam_grid`, cell i sits where the network
+  centred it, pixel offset + stride * i (`jd.metrics.upsample`). Non-negative maps stay
   non-negative and an all-zero map stays zero.
   """
-  maps = jnp.asarray(maps, jnp.float32)
-  return jax.image.resize(maps, maps.shape[:-2] + tuple(size), "bilinear")
+  return metrics.upsample(jnp.asarray(maps, jnp.float32), size, grid)
 
 
 def normalize(maps, mode: str = "max"):

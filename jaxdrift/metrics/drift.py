@@ -183,6 +183,9 @@ class DriftParams:
     ssim_sigma, ssim_truncate, ssim_k1, ssim_k2: SSIM window and stabilisers.
     resolution: (H, W) to upsample both maps to first (jax.image.resize bilinear, half-pixel
       centres, like cv2.resize), or None to use the maps as given.
+    grid: with `resolution`, (stride, offset) in output pixels: cell i of the map is centred
+      at pixel offset + stride * i, where the network computes it (`jd.models.cam_grid`);
+      None for half-pixel centres. See `upsample`.
     sort: "auto" (numpy callback on the CPU, XLA elsewhere), "numpy" or "xla".
     chunk: pairs computed together inside the jitted loop, or None to choose by map size
       (about 256k values per step: 5 pairs at 224x224, 1024 at 7x7). Small chunks keep
@@ -197,6 +200,7 @@ class DriftParams:
   ssim_k1: float = 0.01
   ssim_k2: float = 0.03
   resolution: tuple | None = None
+  grid: tuple | None = None
   sort: str = "auto"
   chunk: int | None = None
 
@@ -206,6 +210,10 @@ class DriftParams:
       object.__setattr__(self, "resolution", tuple(int(s) for s in self.resolution))
       if len(self.resolution) != 2:
         raise ValueError(f"resolution must be (H, W), got {self.resolution}")
+    if self.grid is not None:
+      object.__setattr__(self, "grid", check_grid(self.grid))
+      if self.resolution is None:
+        raise ValueError("grid places the map's cells in the upsampled map: give a resolution")
     if self.sort not in order.METHODS:
       raise ValueError(f"sort must be one of {order.METHODS}, got {self.sort!r}")
     if self.chunk is not None and self.chunk < 1:
@@ -221,9 +229,46 @@ def make_params(resolution=None, **params):
   return DriftParams(resolution=resolution, **params)
 
 
-def upsample(m, resolution):
-  """Bilinear upsampling of one map [h, w] to resolution (H, W), half-pixel centres."""
-  return jax.image.resize(m, tuple(resolution), method="bilinear")
+def check_grid(grid):
+  """(stride, offset) as two floats, or a ValueError."""
+  stride, offset = (float(v) for v in grid)
+  if not stride > 0:
+    raise ValueError(f"grid stride must be > 0, got {stride}")
+  return stride, offset
+
+
+def grid_weights(n_in: int, n_out: int, grid):
+  """[n_out, n_in] linear interpolation weights of `upsample` along one axis: output pixel p
+  reads the input coordinate (p - offset) / stride, clamped to [0, n_in - 1]."""
+  stride, offset = grid
+  u = jnp.clip((jnp.arange(n_out, dtype=jnp.float32) - offset) / stride, 0, n_in - 1)
+  lo = jnp.floor(u)
+  frac = u - lo
+  cells = jnp.arange(n_in, dtype=jnp.float32)
+  return (jnp.where(cells == lo[:, None], 1 - frac[:, None], 0.0)
+          + jnp.where(cells == lo[:, None] + 1, frac[:, None], 0.0))
+
+
+def upsample(m, resolution, grid=None):
+  """Bilinear upsampling of maps [..., h, w] to resolution (H, W).
+
+  Args:
+    m: maps [..., h, w].
+    resolution: (H, W).
+    grid: None for half-pixel centres: cell i centred at pixel (i + 0.5) * H / h - 0.5
+      (`jax.image.resize`, like cv2.resize and most CAM libraries). Or (stride, offset) in
+      output pixels: cell i centred at offset + stride * i, where the network's padding and
+      strides put the centre of its receptive field (`jd.models.cam_grid`; Keras ResNet50V2's
+      last feature map sits half a cell up and left of the half-pixel convention). Pixels
+      beyond the first or last centre take the edge value in both cases.
+  """
+  if grid is None:
+    return jax.image.resize(m, m.shape[:-2] + tuple(resolution), method="bilinear")
+  grid = check_grid(grid)
+  rows = grid_weights(m.shape[-2], int(resolution[0]), grid)
+  cols = grid_weights(m.shape[-1], int(resolution[1]), grid)
+  return jnp.einsum("Hh,...hw,Ww->...HW", rows, jnp.asarray(m, jnp.float32), cols,
+                    precision=lax.Precision.HIGHEST)
 
 
 def pair_metrics(a, b, params=DriftParams()):
@@ -239,7 +284,7 @@ def pair_metrics(a, b, params=DriftParams()):
   """
   a, b = _as_pair(a, b)
   if params.resolution is not None:
-    a, b = upsample(a, params.resolution), upsample(b, params.resolution)
+    a, b = (upsample(m, params.resolution, params.grid) for m in (a, b))
   n = a.size
   ks, where = _iou_levels((params.iou_q,) + params.auc_qs, n)
   kc = maps_lib.top_k_count(params.concentration_q, n)
@@ -305,8 +350,10 @@ def drift(maps_a, maps_b, resolution=None, **params):
   Args:
     maps_a: [B, h, w] maps of the TL checkpoint (numpy or jax; any library's maps).
     maps_b: [B, h, w] maps of the FT checkpoint, same images and classes.
-    resolution: optional (H, W): upsample both bilinearly first (half-pixel centres).
-    **params: `DriftParams` fields (iou_q, concentration_q, auc_qs, ssim_*, sort, chunk).
+    resolution: optional (H, W): upsample both bilinearly first (half-pixel centres, or
+      the cell centres of `grid`).
+    **params: `DriftParams` fields (grid, iou_q, concentration_q, auc_qs, ssim_*, sort,
+      chunk).
 
   Returns:
     dict: metric name -> [B] float32 (NaN for invalid pairs), plus "valid", "valid_a",

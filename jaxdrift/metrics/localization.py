@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdrift.metrics import maps as maps_lib
-from jaxdrift.metrics.drift import upsample
+from jaxdrift.metrics.drift import check_grid, upsample
 
 
 def _check(m, mask):
@@ -38,25 +38,35 @@ def _near_mask(mask, tolerance: float):
   return dilated[0, 0] > 0.5
 
 
-def _cell_hits(shape, mask, tolerance: float):
-  """bool [h, w]: for a map of `shape` (h, w), whether each cell's centre, placed in mask
-  pixels at ((i + 0.5) * H / h - 0.5) rounded, lies within `tolerance` of the mask."""
+def _cell_centres(n: int, big: int, grid):
+  """int [n]: the mask pixel of each cell's centre, rounded and clipped to the mask."""
+  if grid is None:
+    centres = (jnp.arange(n) + 0.5) * big / n - 0.5
+  else:
+    stride, offset = check_grid(grid)
+    centres = offset + stride * jnp.arange(n)
+  return jnp.clip(jnp.round(centres), 0, big - 1).astype(jnp.int32)
+
+
+def _cell_hits(shape, mask, tolerance: float, grid=None):
+  """bool [h, w]: for a map of `shape` (h, w), whether each cell's centre in mask pixels
+  (`_cell_centres`) lies within `tolerance` of the mask."""
   if len(shape) != 2 or mask.ndim != 2 or shape[0] > mask.shape[0] or shape[1] > mask.shape[1]:
     raise ValueError(f"expected a map [h, w] and a mask [H, W] with h <= H and w <= W, got "
                      f"{tuple(shape)} and {mask.shape}")
-  rows, cols = ((jnp.round((jnp.arange(n) + 0.5) * big / n - 0.5)).astype(jnp.int32)
-                for n, big in zip(shape, mask.shape))
+  rows, cols = (_cell_centres(n, big, grid) for n, big in zip(shape, mask.shape))
   return _near_mask(mask, float(tolerance))[rows[:, None], cols[None, :]]
 
 
-def pointing_game(m, mask, tolerance=0.0):
+def pointing_game(m, mask, tolerance=0.0, grid=None):
   """1.0 if the map's maximum lies in the mask (within `tolerance` pixels), else 0.0.
 
   The map may be coarser than the mask (a CAM at its layer's resolution): its peak cell is
-  then placed at the cell's centre in mask pixels, ((row + 0.5) * H / h - 0.5, likewise for
-  columns, rounded). That is where a bilinear upsampling (half-pixel centres) has its
-  maximum, but without the plateau an upsampled EDGE cell leaves on the image border, where
-  "the first maximum" would point at pixel 0 instead of the cell. The peak is the first in
+  then placed at the cell's centre in mask pixels, rounded: offset + stride * row with a
+  `grid`, else (row + 0.5) * H / h - 0.5 (half-pixel centres), likewise for columns. That is
+  where a bilinear upsampling (`jd.metrics.upsample` with the same grid) has its maximum,
+  but without the plateau an upsampled EDGE cell leaves on the image border, where "the
+  first maximum" would point at pixel 0 instead of the cell. The peak is the first in
   row-major order on ties. A map whose values are all equal (constant, no maximum to point
   with) is a MISS (0.0), never a hit. NaN if the map is invalid (all-zero, NaN, Inf) or the
   mask is empty. `pointing_chance` is the hit rate of a peak at a random cell.
@@ -66,13 +76,15 @@ def pointing_game(m, mask, tolerance=0.0):
     mask: [H, W] bool ground truth.
     tolerance: Euclidean distance in mask pixels from the peak to the nearest mask pixel
       that still counts as a hit (Zhang et al. use 15 px at 224). A Python number.
+    grid: optional (stride, offset) in mask pixels: where the network centres the map's
+      cells (`jd.models.cam_grid`). A Python tuple.
 
   Returns:
     Scalar float32 in {0, 1} or NaN.
   """
   m = jnp.asarray(m, jnp.float32)
   mask = jnp.asarray(mask).astype(bool)
-  return _point(m, mask, _cell_hits(m.shape, mask, tolerance))
+  return _point(m, mask, _cell_hits(m.shape, mask, tolerance, grid))
 
 
 def _point(m, mask, hits):
@@ -87,14 +99,14 @@ def _chance(mask, hits):
   return jnp.where(jnp.any(mask), jnp.mean(hits.astype(jnp.float32)), jnp.nan)
 
 
-def pointing_chance(shape, mask, tolerance=0.0):
+def pointing_chance(shape, mask, tolerance=0.0, grid=None):
   """The pointing game's chance level: the share of a [h, w] map's cells whose centre
   counts as a hit (a map peaking at a uniformly random cell); NaN for an empty mask.
 
   Report it beside the hit rate: a large lesion on a coarse grid is easy to point at.
   """
   mask = jnp.asarray(mask).astype(bool)
-  return _chance(mask, _cell_hits(tuple(shape), mask, tolerance))
+  return _chance(mask, _cell_hits(tuple(shape), mask, tolerance, grid))
 
 
 def energy_inside(m, mask):
@@ -114,9 +126,9 @@ def mask_iou(m, mask, q=0.2, method="auto"):
   return jnp.where(_defined(m, mask), inter / union, jnp.nan)
 
 
-def _localize_one(m, mask, q, tolerance, resolution):
-  fine = m if resolution is None else upsample(m, resolution)
-  hits = _cell_hits(m.shape, mask, tolerance)  # shared by the hit and its chance level
+def _localize_one(m, mask, q, tolerance, resolution, grid):
+  fine = m if resolution is None else upsample(m, resolution, grid)
+  hits = _cell_hits(m.shape, mask, tolerance, grid)  # shared by the hit and its chance level
   return dict(pointing_game=_point(m, mask, hits),
               pointing_chance=_chance(mask, hits),
               energy_inside=energy_inside(fine, mask),
@@ -124,11 +136,11 @@ def _localize_one(m, mask, q, tolerance, resolution):
               valid=_defined(fine, mask))
 
 
-_localize = jax.jit(jax.vmap(_localize_one, in_axes=(0, 0, None, None, None)),
-                    static_argnums=(2, 3, 4))
+_localize = jax.jit(jax.vmap(_localize_one, in_axes=(0, 0, None, None, None, None)),
+                    static_argnums=(2, 3, 4, 5))
 
 
-def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None):
+def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None, grid=None):
   """All localisation scores for a batch, in one jitted call.
 
   Args:
@@ -138,6 +150,9 @@ def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None):
     tolerance: pointing-game tolerance in pixels.
     resolution: optional (H, W) to upsample the maps to for energy and IoU (bilinear,
       half-pixel); the pointing game places the native map's peak cell (`pointing_game`).
+    grid: optional (stride, offset) in mask pixels: where the network centres the map's
+      cells (`jd.models.cam_grid`), for the pointing game and the upsampling; None for
+      half-pixel centres.
 
   Returns:
     dict of [B]: "pointing_game" (1/0/NaN), "pointing_chance" (its random-peak level),
@@ -152,4 +167,5 @@ def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None):
   if maps.ndim != 3 or masks.shape != expected:
     raise ValueError(f"expected maps [B, h, w] and masks {expected}, got {maps.shape} and "
                      f"{masks.shape}")
-  return _localize(maps, masks, float(q), float(tolerance), resolution)
+  grid = None if grid is None else check_grid(grid)
+  return _localize(maps, masks, float(q), float(tolerance), resolution, grid)

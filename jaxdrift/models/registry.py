@@ -26,6 +26,12 @@ class ArchSpec:
     input_size: default square input size in pixels.
     min_size: smallest input size the architecture accepts.
     cam_layer: Keras name of the canonical last feature map.
+    cam_grid: (stride, offset) in input pixels: cell i of the canonical feature map (and of
+      every later layer of the same size) is centred on input pixel offset + stride * i, the
+      centre of its receptive field, for every input size. From the Keras padding and
+      strides: ResNet50V2 pads explicitly before each stride-2 layer (2i each time: 32i);
+      DenseNet201's three 2x2 average pools add half a pixel each (32i + 14); InceptionV3's
+      valid convolutions and pools add one pixel each (32i + 37).
   """
 
   family: str
@@ -33,17 +39,18 @@ class ArchSpec:
   input_size: int
   min_size: int
   cam_layer: str
+  cam_grid: tuple
 
 
 SPECS = {
-    "densenet201": ArchSpec("densenet201", "torch", 224, 32, "relu"),
-    "resnet50v2": ArchSpec("resnet50v2", "tf", 224, 32, "post_relu"),
-    "inceptionv3": ArchSpec("inceptionv3", "tf", 299, 75, "mixed10"),
+    "densenet201": ArchSpec("densenet201", "torch", 224, 32, "relu", (32, 14)),
+    "resnet50v2": ArchSpec("resnet50v2", "tf", 224, 32, "post_relu", (32, 0)),
+    "inceptionv3": ArchSpec("inceptionv3", "tf", 299, 75, "mixed10", (32, 37)),
     # Reduced variants: same block structure and layer names, fewer blocks and channels, for
     # tests and CPU demos. Their default sizes are small on purpose.
-    "densenet_tiny": ArchSpec("densenet201", "torch", 64, 32, "relu"),
-    "resnetv2_tiny": ArchSpec("resnet50v2", "tf", 64, 32, "post_relu"),
-    "inceptionv3_tiny": ArchSpec("inceptionv3", "tf", 75, 75, "mixed10"),
+    "densenet_tiny": ArchSpec("densenet201", "torch", 64, 32, "relu", (32, 14)),
+    "resnetv2_tiny": ArchSpec("resnet50v2", "tf", 64, 32, "post_relu", (32, 0)),
+    "inceptionv3_tiny": ArchSpec("inceptionv3", "tf", 75, 75, "mixed10", (32, 37)),
 }
 
 TINY = {"densenet201": "densenet_tiny", "resnet50v2": "resnetv2_tiny",
@@ -67,6 +74,27 @@ def default_input_size(arch: str) -> int:
 def default_cam_layer(arch: str) -> str:
   """Keras name of the canonical last feature map: "relu", "post_relu" or "mixed10"."""
   return spec(arch).cam_layer
+
+
+def cam_grid(arch: str, input_size: int, resolution: int | None = None):
+  """Where the canonical feature map's cells sit in the image: (stride, offset) such that
+  cell i is centred on pixel offset + stride * i (rows and columns alike).
+
+  Pass it as `grid` to `jd.metrics.upsample`, `localize`, `pointing_game` and `drift` to
+  place the map where the network computed it, instead of half-pixel centres (which put
+  ResNet50V2's cells half a cell too far down and right, and spread InceptionV3's 32-pixel
+  grid over the whole image). It holds for every layer after the network's last stride,
+  i.e. every layer with the canonical layer's spatial size.
+
+  Args:
+    arch: architecture name.
+    input_size: the model's square input size in pixels.
+    resolution: the size of the image the map is placed on (a mask or display image
+      resized from the input); default `input_size`.
+  """
+  stride, offset = spec(arch).cam_grid
+  scale = (resolution or input_size) / input_size
+  return stride * scale, (offset + 0.5) * scale - 0.5
 
 
 def preprocess(arch: str, images):

@@ -20,6 +20,13 @@ from jaxdrift.study import results
 __all__ = ["build_report", "load_runs", "combined_table"]
 
 
+def _tolerance(runs) -> str:
+  """The pointing-game tolerance of the runs, in words."""
+  values = {r["config"].get("pointing_tolerance", 0.0) for r in runs if r.get("localization")}
+  return " / ".join(f"{v:.3f} of the image size ({v * 224:.0f} px at 224)"
+                    for v in sorted(values))
+
+
 def load_runs(workdirs) -> list[dict]:
   """Reads each workdir's drift outputs; raises FileNotFoundError naming a missing stage."""
   runs = []
@@ -141,8 +148,10 @@ def _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_name
   if any(r.get("localization") for r in runs):
     parts += ["## Localisation against the lesion masks (phantoms)", "",
               "Per checkpoint, over the test images of the class that it classifies "
-              "correctly. Pointing game: the map's peak cell lies in the mask; chance: the "
-              "share of cells whose centre does (a peak at a random cell).", "",
+              "correctly. Pointing game: the map's peak cell lies in the mask, or within "
+              f"{_tolerance(runs)} of it; chance: the share of cells whose centre does (a "
+              "peak at a random cell). Cells sit where the network centres them "
+              "(`jd.models.cam_grid`) unless the drift stage ran with grid=half_pixel.", "",
               tables.localization_table(runs), ""]
   parts += ["## Figures", ""]
   for name, fig in figs.items():

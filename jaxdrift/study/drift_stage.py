@@ -19,7 +19,10 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
 
 The test split runs once through both checkpoints per layer: `jd.cam.compute_pair` returns
 the logits (so the predictions) and every method's maps from one program. Maps are compared
-at the input resolution (bilinear, half-pixel centres), as FACTS.md s.5 defines.
+at the input resolution (bilinear, as FACTS.md s.5 defines), with each cell placed where the
+network centred it (`jd.models.cam_grid`, for layers on the canonical feature map's grid;
+half-pixel centres for other layers or with grid="half_pixel"). On phantoms the pointing
+game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size.
 """
 
 import dataclasses
@@ -53,6 +56,10 @@ class DriftConfig:
     perturbation_sigma: std of the input noise of the perturbation null (preprocessed units).
     examples_per_class: images per class kept for overlay figures.
     seed: seed of the nulls and the bootstrap.
+    grid: "network" (each map cell at the centre of its receptive field, `models.cam_grid`)
+      or "half_pixel" (cell i at (i + 0.5) * H / h - 0.5, like cv2.resize).
+    pointing_tolerance: pointing-game tolerance as a fraction of the image size (15 / 224:
+      Zhang et al.'s 15 pixels at 224).
   """
 
   methods: tuple = ("layercam", "gradcam++")
@@ -65,6 +72,12 @@ class DriftConfig:
   perturbation_sigma: float = 0.01
   examples_per_class: int = 2
   seed: int = 0
+  grid: str = "network"
+  pointing_tolerance: float = 15 / 224
+
+  def __post_init__(self):
+    if self.grid not in ("network", "half_pixel"):
+      raise ValueError(f"grid must be 'network' or 'half_pixel', got {self.grid!r}")
 
 
 _SELECTION_NEEDS = {"both": "both checkpoints", "tl": "the TL checkpoint",
@@ -75,9 +88,9 @@ class DriftStageError(RuntimeError):
   """The workdir cannot be analysed as asked (no checkpoints, empty selection, ...)."""
 
 
-def resolve_layer(model, input_shape, layer: str) -> str:
+def resolve_layer(model, input_shape, layer: str, shapes=None) -> str:
   """Maps "canonical" / "last_conv" to a Keras layer name; other names pass through."""
-  shapes = models.layer_shapes(model, input_shape)
+  shapes = shapes or models.layer_shapes(model, input_shape)
   if layer == "canonical":
     return models.default_cam_layer(_arch_of(model, shapes))
   if layer == "last_conv":
@@ -163,8 +176,11 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   _, ft_vars, _ = train.load_checkpoint(workdir, "ft")
   size = run_config["input_size"]
   class_names = run_config["class_names"]
-  layers = [resolve_layer(model, (1, size, size, 3), l) for l in config.layers]
+  shapes = models.layer_shapes(model, (1, size, size, 3))
+  layers = [resolve_layer(model, None, l, shapes) for l in config.layers]
   spec_of = dict(zip(layers, config.layers))  # "canonical" -> "post_relu", ...
+  placement = {layer: _placement(run_config["model_arch"], shapes, layer, size, config)
+               for layer in layers}
   source = data.load(run_config["data"], config.split,
                      data_dir=data_dir or run_config.get("data_dir"),
                      **run_config.get("data_options", {}))
@@ -191,7 +207,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       tl_pred, ft_pred = logits.argmax(-1)
       for method, res in pair.items():
         tl_maps, ft_maps = res.maps[0], res.maps[1]
-        d = metrics.drift(tl_maps, ft_maps, resolution=(size, size))
+        d = metrics.drift(tl_maps, ft_maps, **placement[layer])
         row = results.subset(d, keep)
         row.update(image=np.asarray(batch["index"])[keep], id=np.asarray(batch["id"])[keep],
                    label=labels[keep], tl_pred=tl_pred[keep], ft_pred=ft_pred[keep],
@@ -203,7 +219,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
         if "lesion_mask" in batch:
           lesion = True
           for name, maps in (("tl", tl_maps), ("ft", ft_maps)):
-            loc = metrics.localize(maps, batch["lesion_mask"], resolution=(size, size))
+            loc = metrics.localize(maps, batch["lesion_mask"], **placement[layer],
+                                   tolerance=config.pointing_tolerance * size)
             for k in ("pointing_game", "energy_inside", "mask_iou"):
               row[f"{name}_{k}"] = np.asarray(loc[k])[keep]
           row["pointing_chance"] = np.asarray(loc["pointing_chance"])[keep]
@@ -213,8 +230,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
         both = keep & (tl_pred == labels) & (ft_pred == labels)
         wanted = [i for i in np.flatnonzero(both) if examples.wants((method, layer), labels[i])]
         if wanted:  # upsampled for figures only while some class still lacks examples
-          up_tl = np.asarray(cam.upsample(tl_maps, (size, size)))
-          up_ft = np.asarray(cam.upsample(ft_maps, (size, size)))
+          up_tl, up_ft = (np.asarray(cam.upsample(m, (size, size), placement[layer]["grid"]))
+                          for m in (tl_maps, ft_maps))
           for i in wanted:
             examples.offer((method, layer), labels[i], _display_image(batch["image"][i]),
                            up_tl[i], up_ft[i], str(batch["id"][i]))
@@ -252,19 +269,28 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       "method_tests": stats.compare_methods(table, metrics=_metric_columns(table),
                                             selection=config.selection),
       "nulls": _nulls(model, ft_vars, table, tl_all, ft_all, selected,
-                      np.concatenate(null_images), np.concatenate(null_labels), config, size),
+                      np.concatenate(null_images), np.concatenate(null_labels), config,
+                      placement),
       "classification": _classification(workdir),
   }
   if lesion:
     aggregates["localization"] = _localization(table, class_names)
   if config.epochs == "all":
     epoch_table = _epoch_drift(workdir, model, run_config, tl_all, source, layers, config,
-                               mesh, batch_size, size)
+                               mesh, batch_size, size, placement)
     results.write_table(epoch_table, paths["epochs"])
     aggregates["epochs"] = _epoch_summary(epoch_table, table, selected)
   results.write_json(aggregates, paths["aggregates"])
   results.write_json(manifest, done)
   return {**paths, "skipped": False}
+
+
+def _placement(arch, shapes, layer, size, config) -> dict:
+  """`metrics.drift` keywords that put a layer's map on the input image: its resolution and,
+  for a layer on the canonical feature map's grid, the network's cell centres."""
+  canonical = shapes[models.default_cam_layer(arch)].shape[1:3]
+  on_grid = config.grid == "network" and shapes[layer].shape[1:3] == canonical
+  return dict(resolution=(size, size), grid=models.cam_grid(arch, size) if on_grid else None)
 
 
 def _metric_columns(table) -> list[str]:
@@ -278,7 +304,8 @@ def _random_head(ft_vars, key) -> dict:
   return {**ft_vars, "params": {**ft_vars["params"], "predictions": head}}
 
 
-def _nulls(model, ft_vars, table, tl_all, ft_all, selected, images, labels, config, size):
+def _nulls(model, ft_vars, table, tl_all, ft_all, selected, images, labels, config,
+           placement):
   """Null baselines per method and layer, reported beside the real drift:
 
   perturbation: the FT checkpoint against itself on inputs with Gaussian noise of std
@@ -300,12 +327,12 @@ def _nulls(model, ft_vars, table, tl_all, ft_all, selected, images, labels, conf
     nulls = {
         "perturbation": metrics.perturbation_null(
             maps_fn(ft_vars), images, perturb_key, sigma=config.perturbation_sigma,
-            resolution=(size, size)),
+            **placement[layer]),
         "random_head": metrics.head_null(maps_fn(ft_vars), maps_fn(random_head), images,
-                                         resolution=(size, size)),
+                                         **placement[layer]),
         "permutation": metrics.permutation_null(
             np.concatenate(tl_parts)[keep], np.concatenate(ft_all[method, layer])[keep],
-            permute_key, groups=table["label"][rows][keep], resolution=(size, size)),
+            permute_key, groups=table["label"][rows][keep], **placement[layer]),
     }
     real = {k: table[k][rows][keep] for k in _metric_columns(table) + ["valid"]}
     for row in metrics.null_report(real, nulls, metrics=_metric_columns(table),
@@ -348,7 +375,7 @@ def _localization(table, class_names) -> list[dict]:
 
 
 def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mesh,
-                 batch_size, size) -> dict:
+                 batch_size, size, placement) -> dict:
   """Drift of every per-epoch checkpoint against TL and against the previous epoch."""
   epochs = train.checkpoint.epochs_manager(workdir).all_steps()
   columns, previous = [], None
@@ -374,7 +401,7 @@ def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mes
     for reference, ref_maps in references.items():
       for (method, layer), m in maps.items():
         row = {k: np.asarray(v) for k, v in metrics.drift(
-            ref_maps[method, layer], m, resolution=(size, size)).items()}
+            ref_maps[method, layer], m, **placement[layer]).items()}
         n = len(labels)
         row.update(image=index, label=labels, epoch=np.full(n, int(epoch)),
                    reference=np.full(n, reference, object),
