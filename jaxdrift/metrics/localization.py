@@ -148,8 +148,9 @@ def localize(maps, masks, q=0.2, tolerance=0.0, resolution=None, grid=None):
     masks: [B, H, W] bool ground-truth masks; H, W = resolution or (h, w).
     q: top fraction for `mask_iou`.
     tolerance: pointing-game tolerance in pixels.
-    resolution: optional (H, W) to upsample the maps to for energy and IoU (bilinear,
-      half-pixel); the pointing game places the native map's peak cell (`pointing_game`).
+    resolution: optional (H, W) to upsample the maps to for energy and IoU (bilinear, cells
+      at `grid` or half-pixel centres); the pointing game places the native map's peak cell
+      (`pointing_game`).
     grid: optional (stride, offset) in mask pixels: where the network centres the map's
       cells (`jd.models.cam_grid`), for the pointing game and the upsampling; None for
       half-pixel centres.
