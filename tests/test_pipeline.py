@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -124,3 +125,25 @@ def test_drift_stage_killed_half_way_is_redone(run, monkeypatch):
                                 progress=False)
   assert again["timings"]["resnet50v2"]["drift"] > 1.0  # redone, not skipped
   assert again["report"].read_text() == report_before
+
+
+def test_drift_stage_places_maps_on_the_networks_grid(run, tmp_path):
+  root, data_dir, _ = run
+  with pytest.raises(ValueError, match="grid"):
+    jd.study.DriftConfig(grid="pixel")
+  workdir = tmp_path / "resnet50v2"
+  shutil.copytree(root / "resnet50v2", workdir)
+  network = results.read_table(workdir / "drift" / "samples.csv")
+  assert results.read_json(workdir / "drift" / "manifest.json")["grid"] == "network"
+  config = dataclasses.replace(jd.study.DriftConfig(**{
+      k: tuple(v) if isinstance(v, list) else v
+      for k, v in results.read_json(workdir / "drift" / "manifest.json").items()}),
+      grid="half_pixel")
+  jd.study.run_drift(workdir, config, data_dir=data_dir, progress=False)
+  half = results.read_table(workdir / "drift" / "samples.csv")
+  np.testing.assert_array_equal(half["image"], network["image"])
+  # ResNet50V2's cells sit half a cell off the half-pixel grid: the upsampled maps, and
+  # so the drift metrics and the localisation, differ.
+  assert not np.allclose(half["displacement"], network["displacement"], equal_nan=True)
+  assert not np.allclose(half["ft_energy_inside"], network["ft_energy_inside"],
+                         equal_nan=True)
