@@ -40,11 +40,8 @@ def _near_mask(mask, tolerance: float):
 
 def _cell_centres(n: int, big: int, grid):
   """int [n]: the mask pixel of each cell's centre, rounded and clipped to the mask."""
-  if grid is None:
-    centres = (jnp.arange(n) + 0.5) * big / n - 0.5
-  else:
-    stride, offset = check_grid(grid)
-    centres = offset + stride * jnp.arange(n)
+  stride, offset = (big / n, (big / n - 1) / 2) if grid is None else check_grid(grid)
+  centres = offset + stride * jnp.arange(n)  # half-pixel: (i + 0.5) * big / n - 0.5
   return jnp.clip(jnp.round(centres), 0, big - 1).astype(jnp.int32)
 
 

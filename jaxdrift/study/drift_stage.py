@@ -176,8 +176,9 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   _, ft_vars, _ = train.load_checkpoint(workdir, "ft")
   size = run_config["input_size"]
   class_names = run_config["class_names"]
-  shapes = models.layer_shapes(model, (1, size, size, 3))
-  layers = [resolve_layer(model, None, l, shapes) for l in config.layers]
+  input_shape = (1, size, size, 3)
+  shapes = models.layer_shapes(model, input_shape)
+  layers = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
   spec_of = dict(zip(layers, config.layers))  # "canonical" -> "post_relu", ...
   placement = {layer: _placement(run_config["model_arch"], shapes, layer, size, config)
                for layer in layers}
