@@ -36,3 +36,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def place(tree, sharding: NamedSharding):
+  """`tree` on `sharding`, transferring only when some leaf is elsewhere.
+
+  `jax.device_put` costs tens of microseconds per leaf even when nothing moves: about 40 ms
+  a call for the two variable trees of DenseNet201 (2,000 leaves), longer than their two
+  forward passes on a GPU. Checking the leaves first costs under a microsecond each.
+  """
+  equivalent = {}
+  for x in jax.tree.leaves(tree):
+    if not isinstance(x, jax.Array):
+      return jax.device_put(tree, sharding)
+    key = (x.sharding, x.ndim)
+    if key not in equivalent:
+      equivalent[key] = x.sharding == sharding or x.sharding.is_equivalent_to(sharding, x.ndim)
+    if not equivalent[key]:
+      return jax.device_put(tree, sharding)
+  return tree

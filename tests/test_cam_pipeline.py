@@ -314,6 +314,9 @@ def test_clear_errors():
     compute(np.array([0, 1]), method="expected_gradients", key=jax.random.key(0))
   with pytest.raises(ValueError, match="preprocessed"):
     jd.cam.compute(model, variables, x.astype(np.uint8), np.array([0, 1]), layer="feat")
+  with pytest.raises(ValueError, match="same tree structure"):
+    jd.cam.compute_pair(model, variables, {**variables, "extra": variables["params"]}, x,
+                        np.array([0, 1]), layer="feat")
 
 
 def test_wrong_layer_of_a_port_lists_its_valid_names():
@@ -343,6 +346,12 @@ def test_sharded_over_eight_devices_equals_one_device():
         assert len(out["layercam"].maps.sharding.device_set) == 8
       for m in out:
         np.testing.assert_allclose(out[m].maps, ref[m].maps, rtol=1e-5, atol=1e-7)
+    # Variables move to every device once; placed ones are passed on untouched.
+    from jaxdrift import distributed
+    replicated = distributed.replicated(distributed.data_mesh())
+    placed = distributed.place(v, replicated)
+    assert all(len(a.sharding.device_set) == 8 for a in jax.tree.leaves(placed))
+    assert distributed.place(placed, replicated) is placed
     print("ok")
   """)
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

@@ -96,7 +96,12 @@ def _all_finite_fn():
   return jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
 
 
-def check_images(images):
+def check_images(images, finite: bool = True):
+  """Shape and dtype of a batch of images; with `finite`, also that no value is NaN or inf.
+
+  `finite=False` leaves the values to the caller: the attribution program checks them on the
+  device in the same launch (see `check_finite`), so that a call costs no extra round trip.
+  """
   if not hasattr(images, "ndim") or images.ndim != 4:
     raise ValueError(f"images must be an array [B, H, W, C], got shape "
                      f"{getattr(images, 'shape', type(images))}")
@@ -105,13 +110,19 @@ def check_images(images):
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"images must be floating point and preprocessed "
                      f"(jd.models.preprocess), got dtype {images.dtype}")
-  if not bool(_all_finite_fn()(images)):
+  if finite:
+    check_finite(_all_finite_fn()(images))
+
+
+def check_finite(all_finite):
+  """Raises unless `all_finite` (a boolean, possibly a device scalar) is true."""
+  if not bool(all_finite):
     raise ValueError("images contain NaN or infinite values; fix the inputs (attribution "
                      "maps of non-finite inputs are meaningless)")
 
 
 def target_weights(targets, batch: int, num_classes: int) -> jax.Array:
-  """Validated logit weights [B, num_classes] float32 from class ids [B] or weights [B, K].
+  """Validated logit weights [B, num_classes] (numpy float32) from class ids [B] or weights [B, K].
 
   Raises:
     ValueError: a scalar or a length other than B (never broadcast), ids out of range,
@@ -131,13 +142,13 @@ def target_weights(targets, batch: int, num_classes: int) -> jax.Array:
     if bad.any():
       raise ValueError(f"targets out of range [0, {num_classes}): {t[bad][:10].tolist()} at "
                        f"images {np.flatnonzero(bad)[:10].tolist()}")
-    return jax.nn.one_hot(t, num_classes, dtype=jnp.float32)
+    return np.eye(num_classes, dtype=np.float32)[t]
   if t.shape != (batch, num_classes):
     raise ValueError(f"float targets are logit weights of shape [B, K] = ({batch}, "
                      f"{num_classes}), got shape {t.shape}; for class ids use integers")
   if not np.isfinite(t).all():
     raise ValueError("float targets (logit weights) contain NaN or infinite values")
-  return jnp.asarray(t, jnp.float32)
+  return t.astype(np.float32)
 
 
 def requests(methods: Sequence[str], options: dict) -> tuple:

@@ -128,20 +128,34 @@ def _attribute(model, layers, requests, variables, images, weights, dynamic):
 
 @functools.lru_cache(maxsize=64)
 def _program(model, layers: tuple, requests: tuple, pair: bool, checkpoint_map: str):
-  """One jitted program; jax.jit then compiles it once per input shape."""
+  """One jitted program; jax.jit then compiles it once per input shape.
+
+  It returns (results, all_finite): the images' finiteness is checked in the same launch,
+  and the host raises on it afterwards (`checks.check_finite`).
+  """
   attribute = functools.partial(_attribute, model, layers, requests)
+
+  def one(variables, images, weights, dynamic):
+    return attribute(variables, images, weights, dynamic), jnp.all(jnp.isfinite(images))
+
   if not pair:
-    return jax.jit(attribute)
+    return jax.jit(one)
 
   def both(tl_variables, ft_variables, images, weights, dynamic):
+    # At trace time only: jit traces again for every new pair of tree structures.
+    if jax.tree.structure(tl_variables) != jax.tree.structure(ft_variables):
+      raise ValueError("tl_variables and ft_variables must have the same tree structure")
     if checkpoint_map == "unroll":
       pair = [attribute(v, images, weights, dynamic) for v in (tl_variables, ft_variables)]
-      return jax.tree.map(lambda a, b: jnp.stack([a, b]), *pair)
-    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tl_variables, ft_variables)
-    if checkpoint_map == "vmap":
-      return jax.vmap(attribute, in_axes=(0, None, None, None))(stacked, images, weights,
-                                                                dynamic)
-    return jax.lax.map(lambda v: attribute(v, images, weights, dynamic), stacked)
+      out = jax.tree.map(lambda a, b: jnp.stack([a, b]), *pair)
+    else:
+      stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tl_variables, ft_variables)
+      if checkpoint_map == "vmap":
+        out = jax.vmap(attribute, in_axes=(0, None, None, None))(stacked, images, weights,
+                                                                 dynamic)
+      else:
+        out = jax.lax.map(lambda v: attribute(v, images, weights, dynamic), stacked)
+    return out, jnp.all(jnp.isfinite(images))
 
   return jax.jit(both)
 
@@ -151,7 +165,9 @@ def _program(model, layers: tuple, requests: tuple, pair: bool, checkpoint_map: 
 
 def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoint_map,
          options):
-  checks.check_images(images)
+  # Everything here runs on every call: keep it cheap (see benchmarks/cam.py). The values of
+  # the images are checked in the program itself, not in a launch and round trip of their own.
+  checks.check_images(images, finite=False)
   image_shape = tuple(images.shape[1:])
   num_classes, _ = checks.model_info(model, image_shape)
   requests = checks.requests(methods, options)
@@ -181,10 +197,12 @@ def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoin
   dynamic = {name: {k: jax.device_put(v, replicated) if k == "baselines"
                     else jax.device_put(pad(v), shard) for k, v in d.items()}
              for name, d in dynamic.items()}
-  variables_list = [jax.device_put(v, replicated) for v in variables_list]
+  if jax.device_count() > 1:  # with one device jit takes the arrays where they are
+    variables_list = [distributed.place(v, replicated) for v in variables_list]
   pair = len(variables_list) == 2
   program = _program(model, layers, requests, pair, checkpoint_map)
-  out = program(*variables_list, images, weights, dynamic)
+  out, finite = program(*variables_list, images, weights, dynamic)
+  checks.check_finite(finite)
   if padded != batch:
     axis = 1 if pair else 0
     out = jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, batch, axis=axis), out)
@@ -274,8 +292,6 @@ def compute_pair(model, tl_variables, ft_variables, images, targets,
   if checkpoint_map not in ("unroll", "map", "vmap"):
     raise ValueError(f"checkpoint_map must be 'unroll', 'map' or 'vmap', got "
                      f"{checkpoint_map!r}")
-  if jax.tree.structure(tl_variables) != jax.tree.structure(ft_variables):
-    raise ValueError("tl_variables and ft_variables must have the same tree structure")
   return _run(model, [tl_variables, ft_variables], images, targets, tuple(methods), layer,
               mesh, checkpoint_map, options)
 
