@@ -11,7 +11,10 @@ For each architecture, in this process on this machine, at batch 8 and the defau
             jaxdrift images/s >= Keras in both phases
 
     python -m benchmarks.train_step [--archs resnet50v2,inceptionv3] [--batch-size 8]
-                                    [--steps 5] [--no-keras] [--reduced]
+                                    [--steps 5] [--no-keras] [--reduced] [--dtype bfloat16]
+
+With --dtype bfloat16 both sides compute in bfloat16 with float32 parameters (jaxdrift's
+dtype argument; Keras's "mixed_bfloat16" policy): for accelerators.
 """
 
 import argparse
@@ -22,6 +25,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxdrift as jd  # noqa: E402
@@ -42,7 +46,7 @@ def _time(fn, steps_: int) -> float:
   return statistics.median(times)
 
 
-def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int) -> dict:
+def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int, dtype=jnp.float32) -> dict:
   mesh = jd.data.default_mesh()
   rng = np.random.default_rng(0)
   batch = jd.data.to_device({
@@ -51,11 +55,11 @@ def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int) -> dict:
       "mask": np.ones(batch_size, bool)}, mesh)
   variables = jd.models.pretrained(arch, NUM_CLASSES, weights="none", key=jax.random.key(0),
                                    input_size=size)
-  model = jd.models.create(arch, NUM_CLASSES)
+  model = jd.models.create(arch, NUM_CLASSES, dtype=dtype)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   out = {"forward": _time(lambda: forward(variables, batch["image"]), steps_)}
-  phase = steps.Phase(backbone=jd.models.create(arch, include_top=False),
-                      num_classes=NUM_CLASSES)
+  phase = steps.Phase(backbone=jd.models.create(arch, include_top=False, dtype=dtype),
+                      num_classes=NUM_CLASSES, dtype=dtype)
   key = jax.random.key(0)
   for name, trainable in (("phase1", ("predictions",)), ("phase2", None)):
     params = variables["params"]
@@ -76,16 +80,17 @@ _KERAS = {"densenet201": "DenseNet201", "resnet50v2": "ResNet50V2",
           "inceptionv3": "InceptionV3"}
 
 
-def keras_times(arch: str, batch_size: int, size: int, steps_: int) -> dict:
+def keras_times(arch: str, batch_size: int, size: int, steps_: int, dtype: str) -> dict:
   import keras
 
   keras.backend.clear_session()
+  keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
   base = getattr(keras.applications, _KERAS[arch])(weights=None, include_top=False,
                                                    input_shape=(size, size, 3))
   inputs = keras.Input((size, size, 3))
   x = base(inputs, training=False)  # BN in inference mode in both phases (Keras recipe)
   x = keras.layers.GlobalAveragePooling2D()(x)
-  outputs = keras.layers.Dense(NUM_CLASSES)(x)
+  outputs = keras.layers.Dense(NUM_CLASSES, dtype="float32")(x)
   model = keras.Model(inputs, outputs)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
@@ -108,17 +113,19 @@ def main(argv=None) -> None:
   parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
   parser.add_argument("--reduced", action="store_true",
                       help="time the reduced variants (no Keras baseline for those)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of both sides (parameters stay float32)")
   args = parser.parse_args(argv)
-  print(f"devices: {jax.devices()}, batch {args.batch_size}")
+  print(f"devices: {jax.devices()}, batch {args.batch_size}, {args.dtype}")
   header = (f"{'arch':<18}{'size':>5}{'fwd ms':>9}{'p1/fwd':>8}{'p2/fwd':>8}"
             f"{'p1 img/s':>10}{'keras':>8}{'ratio':>7}{'p2 img/s':>10}{'keras':>8}{'ratio':>7}")
   print(header, flush=True)
   for arch in args.archs.split(","):
     name = jd.models.TINY[arch] if args.reduced else arch
     size = jd.models.default_input_size(name)
-    t = jaxdrift_times(name, args.batch_size, size, args.steps)
+    t = jaxdrift_times(name, args.batch_size, size, args.steps, jnp.dtype(args.dtype))
     k = ({} if args.no_keras or args.reduced else
-         keras_times(arch, args.batch_size, size, args.steps))
+         keras_times(arch, args.batch_size, size, args.steps, args.dtype))
     b = args.batch_size
     cells = [f"{name:<18}{size:>5}{1000 * t['forward']:>9.1f}"
              f"{t['phase1'] / t['forward']:>8.2f}{t['phase2'] / t['forward']:>8.2f}"]
