@@ -121,8 +121,8 @@ def check_finite(all_finite):
                      "maps of non-finite inputs are meaningless)")
 
 
-def target_weights(targets, batch: int, num_classes: int) -> jax.Array:
-  """Validated logit weights [B, num_classes] (numpy float32) from class ids [B] or weights [B, K].
+def target_weights(targets, batch: int, num_classes: int) -> np.ndarray:
+  """Validated logit weights [B, num_classes], numpy float32, from ids [B] or weights [B, K].
 
   Raises:
     ValueError: a scalar or a length other than B (never broadcast), ids out of range,
