@@ -1,14 +1,15 @@
 """Is training as cheap as it should be? Step time / forward time, and images/s vs Keras.
 
-For each architecture, in this process on this machine, at batch 8 and the default size:
+For each architecture, in this process on this machine, at batch 8 and the default size,
+every step timed in interleaved rounds (medians), so that all of them see the same load:
 
   forward   jitted inference forward pass (the baseline)
   phase 1   jaxdrift train step with the backbone frozen (BN inference, no backward
             through the backbone): target <= 1.3x forward
   phase 2   jaxdrift train step on all layers (BN inference, as the Keras recipe)
   keras 1/2 Keras 3 (JAX backend) `train_on_batch` of the same model and phases: base model
-            called with training=False, `base.trainable = False` then True, Adam; target:
-            jaxdrift images/s >= Keras in both phases
+            called with training=False, one model with `base.trainable = False` and one
+            with True, Adam; target: jaxdrift images/s >= Keras in both phases
 
     python -m benchmarks.train_step [--archs resnet50v2,inceptionv3] [--batch-size 8]
                                     [--steps 5] [--no-keras] [--reduced] [--dtype bfloat16]
@@ -19,8 +20,6 @@ dtype argument; Keras's "mixed_bfloat16" policy): for accelerators.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -28,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 import jaxdrift as jd  # noqa: E402
 from jaxdrift.train import state as state_lib  # noqa: E402
 from jaxdrift.train import steps  # noqa: E402
@@ -35,18 +35,8 @@ from jaxdrift.train import steps  # noqa: E402
 NUM_CLASSES = 5
 
 
-def _time(fn, steps_: int) -> float:
-  """Median seconds per call after one warm-up (compile) call; fn returns what to block on."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(steps_):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int, dtype=jnp.float32) -> dict:
+def jaxdrift_steps(arch: str, batch_size: int, size: int, dtype=jnp.float32) -> dict:
+  """Zero-argument callables: the forward pass and one train step of each phase."""
   mesh = jd.data.default_mesh()
   rng = np.random.default_rng(0)
   batch = jd.data.to_device({
@@ -57,7 +47,7 @@ def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int, dtype=jnp
                                    input_size=size)
   model = jd.models.create(arch, NUM_CLASSES, dtype=dtype)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  out = {"forward": _time(lambda: forward(variables, batch["image"]), steps_)}
+  out = {"forward": lambda: forward(variables, batch["image"])}
   phase = steps.Phase(backbone=jd.models.create(arch, include_top=False, dtype=dtype),
                       num_classes=NUM_CLASSES, dtype=dtype)
   key = jax.random.key(0)
@@ -69,10 +59,10 @@ def jaxdrift_times(arch: str, batch_size: int, size: int, steps_: int, dtype=jnp
         params=params, batch_stats=variables["batch_stats"], tx=tx, frozen=frozen), mesh)]
     step = steps.jit_train_step(phase, mesh)
 
-    def run():
+    def run(holder=holder, step=step):
       holder[0], metrics = step(holder[0], batch, key)
       return metrics
-    out[name] = _time(run, steps_)
+    out[name] = run
   return out
 
 
@@ -80,27 +70,27 @@ _KERAS = {"densenet201": "DenseNet201", "resnet50v2": "ResNet50V2",
           "inceptionv3": "InceptionV3"}
 
 
-def keras_times(arch: str, batch_size: int, size: int, steps_: int, dtype: str) -> dict:
+def keras_steps(arch: str, batch_size: int, size: int, dtype: str) -> dict:
+  """`train_on_batch` of two compiled Keras models: backbone frozen, and all layers."""
   import keras
 
   keras.backend.clear_session()
   keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
-  base = getattr(keras.applications, _KERAS[arch])(weights=None, include_top=False,
-                                                   input_shape=(size, size, 3))
-  inputs = keras.Input((size, size, 3))
-  x = base(inputs, training=False)  # BN in inference mode in both phases (Keras recipe)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  outputs = keras.layers.Dense(NUM_CLASSES, dtype="float32")(x)
-  model = keras.Model(inputs, outputs)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
   y = (np.arange(batch_size) % NUM_CLASSES).astype(np.int32)
   out = {}
-  for name, trainable in (("phase1", False), ("phase2", True)):
+  for name, trainable in (("keras phase1", False), ("keras phase2", True)):
+    base = getattr(keras.applications, _KERAS[arch])(weights=None, include_top=False,
+                                                     input_shape=(size, size, 3))
     base.trainable = trainable
+    inputs = keras.Input((size, size, 3))
+    features = base(inputs, training=False)  # BN in inference mode in both phases (recipe)
+    features = keras.layers.GlobalAveragePooling2D()(features)
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES, dtype="float32")(features))
     model.compile(optimizer=keras.optimizers.Adam(1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    out[name] = _time(lambda: model.train_on_batch(x, y), steps_)
+    out[name] = lambda model=model: model.train_on_batch(x, y)
   return out
 
 
@@ -109,7 +99,8 @@ def main(argv=None) -> None:
   parser.add_argument("--archs", default=",".join(jd.models.ARCHS),
                       help="comma-separated architectures (default: all three)")
   parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-  parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+  parser.add_argument("--steps", type=int, default=5,
+                      help="timed rounds after warm-up (each round runs every step once)")
   parser.add_argument("--no-keras", action="store_true", help="skip the Keras baseline")
   parser.add_argument("--reduced", action="store_true",
                       help="time the reduced variants (no Keras baseline for those)")
@@ -123,9 +114,13 @@ def main(argv=None) -> None:
   for arch in args.archs.split(","):
     name = jd.models.TINY[arch] if args.reduced else arch
     size = jd.models.default_input_size(name)
-    t = jaxdrift_times(name, args.batch_size, size, args.steps, jnp.dtype(args.dtype))
-    k = ({} if args.no_keras or args.reduced else
-         keras_times(arch, args.batch_size, size, args.steps, args.dtype))
+    candidates = jaxdrift_steps(name, args.batch_size, size, jnp.dtype(args.dtype))
+    if not (args.no_keras or args.reduced):
+      candidates.update(keras_steps(arch, args.batch_size, size, args.dtype))
+    for fn in candidates.values():  # compile
+      jax.block_until_ready(fn())
+    t = common.interleaved(candidates, rounds=args.steps)
+    k = {p: t[f"keras {p}"] for p in ("phase1", "phase2") if f"keras {p}" in t}
     b = args.batch_size
     cells = [f"{name:<18}{size:>5}{1000 * t['forward']:>9.1f}"
              f"{t['phase1'] / t['forward']:>8.2f}{t['phase2'] / t['forward']:>8.2f}"]
