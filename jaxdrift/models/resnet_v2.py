@@ -36,8 +36,11 @@ class ResNetV2(L.KerasApplication):
     preact = L.relu(self, bn(x, f"{name}_preact_bn"), f"{name}_preact_relu")
     if conv_shortcut:
       shortcut = conv(preact, 4 * filters, 1, f"{name}_0_conv", strides=stride)
-    elif stride > 1:  # Keras: an unnamed MaxPooling2D(1, strides=stride)
-      shortcut = L.tap(self, pool_name, x[:, ::stride, ::stride, :])
+    elif stride > 1:
+      # Keras: an unnamed MaxPooling2D(1, strides=stride). The same values as the strided
+      # slice x[:, ::2, ::2], but XLA's CPU backend compiles the whole forward pass 15% slower
+      # around that slice (ResNet50V2, batch 8: 0.85x Keras's forward; with the pool 1.02x).
+      shortcut = L.max_pool(self, x, 1, stride, pool_name)
     else:
       shortcut = x
     y = conv(preact, filters, 1, f"{name}_1_conv", use_bias=False)
