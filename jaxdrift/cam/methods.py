@@ -41,8 +41,7 @@ map of such a network used eq19 (or a layer inside the network).
 import jax
 import jax.numpy as jnp
 
-from jaxdrift.cam import postprocess
-from jaxdrift.cam.postprocess import safe_div
+from jaxdrift.cam.postprocess import safe_div, upsample
 
 
 def channel_sum(weights, acts):
@@ -161,5 +160,5 @@ def fuse_layers(cams, size, gamma: float = 2.0):
   Returns:
     [H, W] fused map.
   """
-  scaled = [postprocess.upsample(tanh_scale(c, gamma), size) for c in cams]
+  scaled = [upsample(tanh_scale(c, gamma), size) for c in cams]
   return jnp.max(jnp.stack(scaled), axis=0)

@@ -379,6 +379,7 @@ def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mes
                  batch_size, size, placement) -> dict:
   """Drift of every per-epoch checkpoint against TL and against the previous epoch."""
   epochs = train.checkpoint.epochs_manager(workdir).all_steps()
+  tl_maps = {k: np.concatenate(v) for k, v in tl_all.items()}  # the reference of every epoch
   columns, previous = [], None
   for epoch in sorted(epochs):
     _, variables, _ = train.load_checkpoint(workdir, int(epoch))
@@ -396,7 +397,7 @@ def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mes
           maps[method, layer].append(np.asarray(res.maps)[keep])
     maps = {k: np.concatenate(v) for k, v in maps.items()}
     labels, index = np.concatenate(labels), np.concatenate(index)
-    references = {"tl": {k: np.concatenate(v) for k, v in tl_all.items()}}
+    references = {"tl": tl_maps}
     if previous is not None:
       references["previous"] = previous
     for reference, ref_maps in references.items():
