@@ -26,18 +26,6 @@ def _defined(m, mask):
   return maps_lib.is_valid(m) & jnp.any(mask)
 
 
-def _near_mask(mask, tolerance: float):
-  """bool [H, W]: pixels within `tolerance` (Euclidean, in pixels) of a mask pixel."""
-  radius = int(tolerance)
-  if radius == 0:
-    return mask
-  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-  disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= tolerance ** 2).astype(jnp.float32)
-  dilated = jax.lax.conv_general_dilated(mask.astype(jnp.float32)[None, None], disk[None, None],
-                                         (1, 1), "SAME")
-  return dilated[0, 0] > 0.5
-
-
 def _cell_centres(n: int, big: int, grid):
   """int [n]: the mask pixel of each cell's centre, rounded and clipped to the mask."""
   stride, offset = (big / n, (big / n - 1) / 2) if grid is None else check_grid(grid)
@@ -47,12 +35,21 @@ def _cell_centres(n: int, big: int, grid):
 
 def _cell_hits(shape, mask, tolerance: float, grid=None):
   """bool [h, w]: for a map of `shape` (h, w), whether each cell's centre in mask pixels
-  (`_cell_centres`) lies within `tolerance` of the mask."""
+  (`_cell_centres`) lies within `tolerance` (Euclidean, in pixels) of a mask pixel."""
   if len(shape) != 2 or mask.ndim != 2 or shape[0] > mask.shape[0] or shape[1] > mask.shape[1]:
     raise ValueError(f"expected a map [h, w] and a mask [H, W] with h <= H and w <= W, got "
                      f"{tuple(shape)} and {mask.shape}")
   rows, cols = (_cell_centres(n, big, grid) for n, big in zip(shape, mask.shape))
-  return _near_mask(mask, float(tolerance))[rows[:, None], cols[None, :]]
+  if tolerance == 0:
+    return mask[rows[:, None], cols[None, :]]
+  # Exact Euclidean test in two separable passes (memory h*H*W + h*w*W, not a dilation of
+  # the whole mask by a disk): the squared distance from each centre row to the nearest
+  # mask pixel of every column, then the nearest column within tolerance of each centre.
+  ys = jnp.arange(mask.shape[0], dtype=jnp.float32)
+  dy2 = jnp.min(jnp.where(mask[None], (ys[None, :, None] - rows[:, None, None]) ** 2, jnp.inf),
+                axis=1)  # [h, W]
+  dx2 = (jnp.arange(mask.shape[1], dtype=jnp.float32)[None, :] - cols[:, None]) ** 2  # [w, W]
+  return jnp.any(dy2[:, None, :] + dx2[None, :, :] <= jnp.float32(tolerance) ** 2, axis=-1)
 
 
 def pointing_game(m, mask, tolerance=0.0, grid=None):
