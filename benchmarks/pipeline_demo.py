@@ -6,6 +6,11 @@ Runs `experiments.pipeline --preset demo` from scratch in ROOT (deleted first un
 --keep) and prints the seconds of each stage per architecture and the whole run as a
 fraction of the budget (target <= 1.0), plus the FT accuracy and the pointing game of the
 FT maps on the lesion classes.
+
+The 10-minute budget is an absolute time on a shared, noisy 2-core machine, so the script
+also measures this machine's speed on a fixed reference workload (the full ResNet50V2
+forward pass, batch 8 at 224 px, as in `benchmarks/forward.py`) before and after the run
+and prints it against the machine on which the README's demo timings were taken.
 """
 
 import argparse
@@ -17,7 +22,25 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 import jaxdrift as jd  # noqa: E402
+from benchmarks import common  # noqa: E402
+
+# ResNet50V2 forward images/s (batch 8, 224 px, float32) on the machine of the README's
+# demo timings (README, Models / Speed).
+REFERENCE_FORWARD_IMG_S = 37.4
+
+
+def forward_speed() -> float:
+  """ResNet50V2 forward images/s on this machine now (median of 5 compiled calls)."""
+  model = jd.models.create("resnet50v2")
+  x = jnp.zeros((8, 224, 224, 3), jnp.float32)
+  variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
+  fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  jax.block_until_ready(fwd(variables, x))
+  return 8 / common.time_call(fwd, variables, x, repeats=5)
 
 
 def main():
@@ -29,9 +52,11 @@ def main():
   args = parser.parse_args()
   if not args.keep:
     shutil.rmtree(args.root, ignore_errors=True)
+  speed_before = forward_speed()
   start = time.perf_counter()
   out = jd.study.run_pipeline("demo", root=args.root, data_dir=args.data_dir, progress=False)
   total = time.perf_counter() - start
+  speed = (speed_before + forward_speed()) / 2
   print("\n| arch | train s | drift s | FT test acc | FT pointing game (lesion classes) |")
   print("|---|---|---|---|---|")
   for workdir in out["workdirs"]:
@@ -48,6 +73,9 @@ def main():
           f"{summary['ft']['test']['accuracy']:.3f} | {games} |")
   print(f"\nreport: {out['timings']['report']:.0f} s; whole demo {total:.0f} s = "
         f"{total / args.budget:.2f} of the {args.budget:.0f} s budget")
+  print(f"machine speed: ResNet50V2 forward {speed:.1f} img/s (before {speed_before:.1f}), "
+        f"{speed / REFERENCE_FORWARD_IMG_S:.2f}x the {REFERENCE_FORWARD_IMG_S} img/s of the "
+        "machine of the README's demo timings")
 
 
 if __name__ == "__main__":
