@@ -111,11 +111,7 @@ def pretrained(arch: str, num_classes: int, weights="imagenet", *, key, input_si
   size = input_size or registry.spec(arch).input_size
   x = jax.numpy.zeros((1, size, size, 3), jax.numpy.float32)
   if isinstance(weights, str) and weights == "none":
-    # The program runs once, and XLA's CPU backend spends most of its time optimising its
-    # ~100 threefry calls (inceptionv3_tiny: 29 s at the default level, 9 s at level 0, on
-    # a 2-core CPU). Level 0 changes the rounding of a few draws by at most 1 ulp.
-    init = jax.jit(lambda key: model.init(key, x, train=False)).lower(key)
-    return init.compile(compiler_options={"xla_backend_optimization_level": 0})(key)
+    return jax.jit(lambda key: model.init(key, x, train=False))(key)
   path = fetch_weights(arch) if isinstance(weights, str) and weights == "imagenet" else weights
   file_backbone = {p: a for p, a in keras_to_flat(read_keras_h5(path), arch).items()
                    if p[1] != "predictions"}
