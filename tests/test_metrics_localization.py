@@ -72,6 +72,30 @@ def test_pointing_chance_counts_cells_whose_centre_hits():
   assert np.isnan(f(M.pointing_chance((3, 3), np.zeros((12, 12), bool))))
 
 
+def test_pointing_chance_matches_a_euclidean_distance_transform():
+  """The cell-centre hit test against scipy's exact distance transform, on lesion-like and
+  scattered masks, coarse and full-resolution maps, integer and fractional tolerances."""
+  from scipy import ndimage
+  rng = np.random.default_rng(3)
+  yy, xx = np.mgrid[:40, :48]
+  masks = [(yy - 11) ** 2 / 30 + (xx - 30) ** 2 / 12 < 1, rng.random((40, 48)) > 0.995,
+           np.zeros((40, 48), bool)]
+  masks[2][39, 0] = True  # one corner pixel
+  for mask in masks:
+    distance = ndimage.distance_transform_edt(~mask)
+    for shape, grid in (((5, 6), (8.0, 3.0)), ((5, 6), None), ((40, 48), None)):
+      if grid is None:
+        rows = np.clip(np.round((np.arange(shape[0]) + 0.5) * 40 / shape[0] - 0.5), 0, 39)
+        cols = np.clip(np.round((np.arange(shape[1]) + 0.5) * 48 / shape[1] - 0.5), 0, 47)
+      else:
+        rows, cols = (np.clip(np.round(grid[1] + grid[0] * np.arange(n)), 0, big - 1)
+                      for n, big in zip(shape, (40, 48)))
+      at_centres = distance[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+      for tolerance in (0.0, 1.0, 2.5, 7.3):
+        expected = np.mean(at_centres <= tolerance)
+        assert f(M.pointing_chance(shape, mask, tolerance, grid)) == pytest.approx(expected)
+
+
 def test_energy_inside_and_mask_iou_hand():
   m = np.zeros((4, 5), np.float32)
   m[1, 1], m[2, 2], m[0, 0] = 3.0, 1.0, 4.0
