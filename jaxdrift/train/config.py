@@ -16,8 +16,8 @@ epochs nor head. The `paper` preset is jaxdrift's documented choice where it is 
   (arXiv 2604.08502) reports for the same three backbones;
 * batch 32, constant learning rates, no weight decay, no early stopping, float32.
 
-`demo` runs on a CPU in two to five minutes per architecture: the REDUCED variant of the
-backbone (`jd.models.TINY[arch]`, named as such in config.json), 2000 phantoms at 160 px
+`demo` runs on a 2-core CPU in two to eight minutes per architecture: the REDUCED variant of
+the backbone (`jd.models.TINY[arch]`, named as such in config.json), 2000 phantoms at 160 px
 (203 px for InceptionV3: 5x5 maps at the canonical layer, the coarsest grid with cell
 centres inside every lesion zone), and, because ImageNet weights cannot be downloaded
 offline, a short pretraining of the backbone on a DIFFERENT phantom task (where the lesion
@@ -25,8 +25,8 @@ is: none, or the lung quadrant that holds most lesion pixels; images from anothe
 before the frozen-backbone phase. Its phase 2 runs BatchNorm in TRAINING mode (the
 statistics of a backbone pretrained for seconds are a poor fixed normaliser; measured on
 resnetv2_tiny: val accuracy 0.94 vs 0.90 with BatchNorm frozen, same 8 epochs), at 3e-3 with
-cosine decay, and recomputes the BatchNorm statistics after every epoch (`precise_bn_batches`;
-the moving averages of a 60-step epoch lag the weights).
+cosine decay, and recomputes the BatchNorm statistics after every epoch
+(`precise_bn_batches`; the moving averages of a 60-step epoch lag the weights).
 `smoke` is for tests: tiny, a few steps per epoch.
 """
 
