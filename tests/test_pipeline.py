@@ -72,6 +72,29 @@ def test_figures_are_pngs_with_the_expected_panels(run):
     assert f"figures/{name}.png" in out["report"].read_text()
 
 
+def test_epoch_table_ends_at_the_tl_and_ft_checkpoints(run):
+  """The last TL epoch IS the TL checkpoint (drift against it: none) and the last FT epoch
+  the FT checkpoint (its drift against TL: the samples table's, image by image)."""
+  root = run[0]
+  for arch in ARCHS:
+    summary = json.loads((root / arch / "summary.json").read_text())
+    samples = results.read_table(root / arch / "drift" / "samples.csv")
+    epochs = results.read_table(root / arch / "drift" / "epochs.csv")
+    vs_tl = epochs["reference"] == "tl"
+    at_tl = vs_tl & (epochs["epoch"] == summary["tl"]["global_epoch"]) & epochs["valid"]
+    assert at_tl.any()
+    np.testing.assert_allclose(epochs["displacement"][at_tl], 0.0, atol=1e-6)
+    np.testing.assert_allclose(epochs["iou"][at_tl], 1.0, atol=1e-6)
+    at_ft = vs_tl & (epochs["epoch"] == summary["ft"]["global_epoch"])
+    for method in set(samples["method"]):
+      a = samples["method"] == method
+      b = at_ft & (epochs["method"] == method)
+      np.testing.assert_array_equal(epochs["image"][b], samples["image"][a])
+      for metric in ("displacement", "iou", "pearson", "concentration_change"):
+        np.testing.assert_allclose(epochs[metric][b], samples[metric][a], rtol=1e-6,
+                                   atol=1e-7, err_msg=f"{arch} {method} {metric}")
+
+
 def test_rerun_does_no_repeated_work(run):
   root, data_dir, out = run
   watched = [root / a / f for a in ARCHS for f in ("summary.json", "drift/samples.csv",

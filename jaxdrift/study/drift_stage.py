@@ -277,8 +277,9 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   if lesion:
     aggregates["localization"] = _localization(table, class_names)
   if config.epochs == "all":
-    epoch_table = _epoch_drift(workdir, model, run_config, tl_all, source, layers, config,
-                               mesh, batch_size, size, placement)
+    epoch_table = _epoch_drift(workdir, model, run_config, table, source, layers, config,
+                               mesh, batch_size, size, placement,
+                               known=((tl_vars, tl_all), (ft_vars, ft_all)))
     results.write_table(epoch_table, paths["epochs"])
     aggregates["epochs"] = _epoch_summary(epoch_table, table, selected)
   results.write_json(aggregates, paths["aggregates"])
@@ -375,28 +376,30 @@ def _localization(table, class_names) -> list[dict]:
   return out
 
 
-def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mesh,
-                 batch_size, size, placement) -> dict:
-  """Drift of every per-epoch checkpoint against TL and against the previous epoch."""
+def _same_variables(a, b) -> bool:
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _epoch_drift(workdir, model, run_config, table, source, layers, config, mesh,
+                 batch_size, size, placement, known) -> dict:
+  """Drift of every per-epoch checkpoint against TL and against the previous epoch.
+
+  `known` holds the (variables, maps) of the TL and the FT checkpoint, in that order: they
+  are per-epoch checkpoints too, and an epoch with the same weights reuses their maps.
+  """
   epochs = train.checkpoint.epochs_manager(workdir).all_steps()
-  tl_maps = {k: np.concatenate(v) for k, v in tl_all.items()}  # the reference of every epoch
+  known = [(v, {k: np.concatenate(parts) for k, parts in maps.items()}) for v, maps in known]
+  tl_maps = known[0][1]  # the reference of every epoch
+  first = (table["method"] == config.methods[0]) & (table["layer"] == layers[0])
+  index, labels = table["image"][first], table["label"][first]  # the main pass's order
   columns, previous = [], None
   for epoch in sorted(epochs):
     _, variables, _ = train.load_checkpoint(workdir, int(epoch))
-    maps = {key: [] for key in tl_all}
-    labels, index = [], []
-    for batch in data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
-                              train=False, image_size=size, mesh=mesh):
-      keep = np.asarray(batch["mask"])
-      labels.append(np.asarray(batch["label"])[keep])
-      index.append(np.asarray(batch["index"])[keep])
-      for layer in layers:
-        many = cam.compute_many(model, variables, batch["image"], batch["label"],
-                                methods=config.methods, layer=layer)
-        for method, res in many.items():
-          maps[method, layer].append(np.asarray(res.maps)[keep])
-    maps = {k: np.concatenate(v) for k, v in maps.items()}
-    labels, index = np.concatenate(labels), np.concatenate(index)
+    maps = next((m for v, m in known if _same_variables(v, variables)), None)
+    if maps is None:
+      maps = _maps_of(model, variables, source, run_config, config, layers, mesh, batch_size,
+                      size, index)
     references = {"tl": tl_maps}
     if previous is not None:
       references["previous"] = previous
@@ -411,6 +414,25 @@ def _epoch_drift(workdir, model, run_config, tl_all, source, layers, config, mes
         columns.append(row)
     previous = maps
   return results.concat(columns)
+
+
+def _maps_of(model, variables, source, run_config, config, layers, mesh, batch_size, size,
+             index) -> dict:
+  """{(method, layer): maps [N, h, w]} of one checkpoint over the split, in `index` order."""
+  maps = {(m, l): [] for m in config.methods for l in layers}
+  seen = []
+  for batch in data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
+                            train=False, image_size=size, mesh=mesh):
+    keep = np.asarray(batch["mask"])
+    seen.append(np.asarray(batch["index"])[keep])
+    for layer in layers:
+      many = cam.compute_many(model, variables, batch["image"], batch["label"],
+                              methods=config.methods, layer=layer)
+      for method, res in many.items():
+        maps[method, layer].append(np.asarray(res.maps)[keep])
+  if not np.array_equal(np.concatenate(seen), index):
+    raise DriftStageError("the split's order changed between passes; rerun the drift stage")
+  return {k: np.concatenate(v) for k, v in maps.items()}
 
 
 def _epoch_summary(epoch_table, table, selected) -> list[dict]:
