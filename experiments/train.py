@@ -22,8 +22,8 @@ def parser() -> argparse.ArgumentParser:
                  help="backbone (demo/smoke presets train its reduced variant)")
   p.add_argument("--preset", default="paper", choices=PRESETS,
                  help="paper: default sizes, chest_xray5, ImageNet, 10+20 epochs; demo: "
-                      "reduced model on 160 px phantoms (203 for inceptionv3) with proxy "
-                      "pretraining (CPU, 2-5 min); smoke: a few steps, for tests (default: paper)")
+                      "reduced model on 160 px phantoms (fed at 224 px to resnet50v2, 235 to "
+                      "inceptionv3) with proxy pretraining (CPU, 4-11 min); smoke: a few steps, for tests (default: paper)")
   p.add_argument("--data", default=None,
                  help="chest_xray5 | phantoms[/128|/224|/small] | folder:PATH "
                       "(default: the preset's)")

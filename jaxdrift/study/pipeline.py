@@ -3,7 +3,7 @@
     jaxdrift.study.run_pipeline("demo", root="runs/demo")
 
 Presets (training presets from `jaxdrift.train.preset`, drift options below):
-  demo   the three architectures as reduced variants on 64-px phantoms, with a short proxy
+  demo   the three architectures as reduced variants on 160-px phantoms, with a short proxy
          pretraining of each backbone (ImageNet weights cannot be had offline), LayerCAM and
          Grad-CAM++ at the canonical layer, drift across every epoch; minutes on a CPU.
   paper  the study: full DenseNet201, ResNet50V2, InceptionV3 at their default sizes on

@@ -16,10 +16,11 @@ epochs nor head. The `paper` preset is jaxdrift's documented choice where it is 
   (arXiv 2604.08502) reports for the same three backbones;
 * batch 32, constant learning rates, no weight decay, no early stopping, float32.
 
-`demo` runs on a 2-core CPU in two to eight minutes per architecture: the REDUCED variant of
-the backbone (`jd.models.TINY[arch]`, named as such in config.json), 2000 phantoms at 160 px
-(203 px for InceptionV3: 5x5 maps at the canonical layer, the coarsest grid with cell
-centres inside every lesion zone), and, because ImageNet weights cannot be downloaded
+`demo` runs on a 2-core CPU in four to eleven minutes per architecture: the REDUCED variant
+of the backbone (`jd.models.TINY[arch]`, named as such in config.json), 2000 phantoms drawn
+at 160 px and fed at 160 / 224 / 235 px to DenseNet201 / ResNet50V2 / InceptionV3
+(`DEMO_INPUT_SIZES`: 5x5 / 7x7 / 6x6 maps at the canonical layer; see `preset`), and,
+because ImageNet weights cannot be downloaded
 offline, a short pretraining of the backbone on a DIFFERENT phantom task (where the lesion
 is: none, or the lung quadrant that holds most lesion pixels; images from another seed)
 before the frozen-backbone phase. Its phase 2 runs BatchNorm in TRAINING mode (the
@@ -37,6 +38,9 @@ from typing import Any
 from jaxdrift import models
 
 PRESETS = ("paper", "demo", "smoke")
+# The demo's input sizes (its phantoms are drawn at 160 px and resized): 5x5 / 7x7 / 6x6
+# maps at the canonical layer (see `preset` for why).
+DEMO_INPUT_SIZES = {"densenet201": 160, "resnet50v2": 224, "inceptionv3": 235}
 DTYPES = ("float32", "bfloat16")
 
 
@@ -155,9 +159,13 @@ def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:
   if name == "paper":
     base = TrainConfig(arch=arch, preset="paper")
   elif name == "demo":
-    # 160 px (203 px for InceptionV3) gives 5x5 maps at the canonical layer, the coarsest
-    # grid with cell centres inside every lesion zone of the phantoms (3x3 has none: its
-    # side columns fall outside the lungs). DenseNet's head learns slower: at 3e-3 its TL
+    # 5x5 maps are the coarsest grid with cell centres inside every lesion zone of the
+    # phantoms (3x3 has none: its side columns fall outside the lungs). On 5x5 maps (160 px,
+    # 203 for InceptionV3) ResNet50V2's nodule maps and InceptionV3's consolidation and
+    # diffuse maps missed the lesions (FT pointing game 0.04; 0.51, 0.40): 7x7 (224 px) and
+    # 6x6 (235 px) find them, at 2x and 1.3x the compute. ResNet50V2 at 6x6 (192 px) puts a
+    # cell column on the midline, which takes the peaks of the bilateral lesions (ground
+    # glass 0.30). DenseNet's head learns slower: at 3e-3 its TL
     # checkpoint stayed at chance (validation accuracy 0.25), at 1e-2 it reaches 0.31.
     # (Pretraining DenseNet at 1e-2 too gave TL 0.42 but FT only 0.78.)
     lr_tl = 1e-2 if arch in ("densenet201", "densenet_tiny") else 3e-3
@@ -165,7 +173,7 @@ def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:
         arch=arch, reduced=True, preset="demo", data="phantoms",
         data_options={"image_size": 160, "num_train": 2000, "num_validation": 300,
                       "num_test": 250, "seed": 0},
-        image_size=203 if arch == "inceptionv3" else 160,
+        image_size=DEMO_INPUT_SIZES.get(arch, 160),
         weights="none", batch_size=32, epochs_tl=2, epochs_ft=5, lr_tl=lr_tl, lr_ft=3e-3,
         schedule="cosine", dropout_rate=0.0, augment=False, ft_train_bn=True,
         pretrain_epochs=2, pretrain_examples=2000, pretrain_lr=3e-3)
