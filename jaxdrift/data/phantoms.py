@@ -13,8 +13,8 @@ order matches `chest_xray5.CLASS_NAMES` so demos can stand in for the real data:
   4 diffuse_bilateral        faint, wide perihilar haze with a reticular texture
 
 The lung fields span about 0.12-0.72 of the half-width either side of the midline and most
-of the height, as on a PA radiograph, so that a 5x5 attribution grid (the coarsest of the demo's) has cell
-centres inside every lesion zone.
+of the height, as on a PA radiograph, so that a 5x5 attribution grid (the coarsest of the
+demo's) has cell centres inside every lesion zone.
 
 The task is deliberately not trivial: 15% of lesions are weak (overlapping with no_lesion),
 ground glass and diffuse haze are both faint and bilateral, consolidations can sit in the

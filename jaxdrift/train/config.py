@@ -20,14 +20,14 @@ epochs nor head. The `paper` preset is jaxdrift's documented choice where it is 
 of the backbone (`jd.models.TINY[arch]`, named as such in config.json), 2000 phantoms drawn
 at 160 px and fed at 160 / 224 / 235 px to DenseNet201 / ResNet50V2 / InceptionV3
 (`DEMO_INPUT_SIZES`: 5x5 / 7x7 / 6x6 maps at the canonical layer; see `preset`), and,
-because ImageNet weights cannot be downloaded
-offline, a short pretraining of the backbone on a DIFFERENT phantom task (where the lesion
-is: none, or the lung quadrant that holds most lesion pixels; images from another seed)
-before the frozen-backbone phase. Its phase 2 runs BatchNorm in TRAINING mode (the
-statistics of a backbone pretrained for seconds are a poor fixed normaliser; measured on
-resnetv2_tiny: val accuracy 0.94 vs 0.90 with BatchNorm frozen, same 8 epochs), at 3e-3 with
-cosine decay, and recomputes the BatchNorm statistics after every epoch
-(`precise_bn_batches`; the moving averages of a 60-step epoch lag the weights).
+because ImageNet weights cannot be downloaded offline, a short pretraining of the backbone
+on a DIFFERENT phantom task (where the lesion is: none, or the lung quadrant that holds most
+lesion pixels; images from another seed) before the frozen-backbone phase. Its phase 2 runs
+BatchNorm in TRAINING mode (the statistics of a backbone pretrained for seconds are a poor
+fixed normaliser; measured on resnetv2_tiny: val accuracy 0.94 vs 0.90 with BatchNorm
+frozen, same 8 epochs), at 3e-3 with cosine decay, and recomputes the BatchNorm statistics
+after every epoch (`precise_bn_batches`; the moving averages of a 60-step epoch lag the
+weights).
 `smoke` is for tests: tiny, a few steps per epoch.
 """
 
@@ -165,9 +165,9 @@ def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:
     # diffuse maps missed the lesions (FT pointing game 0.04; 0.51, 0.40): 7x7 (224 px) and
     # 6x6 (235 px) find them, at 2x and 1.3x the compute. ResNet50V2 at 6x6 (192 px) puts a
     # cell column on the midline, which takes the peaks of the bilateral lesions (ground
-    # glass 0.30). DenseNet's head learns slower: at 3e-3 its TL
-    # checkpoint stayed at chance (validation accuracy 0.25), at 1e-2 it reaches 0.31.
-    # (Pretraining DenseNet at 1e-2 too gave TL 0.42 but FT only 0.78.)
+    # glass 0.30). DenseNet's head learns slower: at 3e-3 its TL checkpoint stayed at chance
+    # (validation accuracy 0.25), at 1e-2 it reaches 0.31. (Pretraining DenseNet at 1e-2 too
+    # gave TL 0.42 but FT only 0.78.)
     lr_tl = 1e-2 if arch in ("densenet201", "densenet_tiny") else 3e-3
     base = TrainConfig(
         arch=arch, reduced=True, preset="demo", data="phantoms",
