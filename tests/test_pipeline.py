@@ -138,7 +138,7 @@ def test_drift_stage_killed_half_way_is_redone(run, monkeypatch):
     raise KeyboardInterrupt("killed after samples.csv was written")
 
   # Another configuration overwrites samples.csv, then the run dies before its manifest.
-  monkeypatch.setattr(jd.study.drift_stage, "_epoch_drift", killed)
+  monkeypatch.setattr(jd.study.epoch_drift, "table", killed)
   other = dataclasses.replace(jd.study.DRIFT_PRESETS["smoke"], methods=("layercam",))
   with pytest.raises(KeyboardInterrupt):
     jd.study.run_drift(workdir, other, data_dir=data_dir, progress=False)

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxdrift import cam, data, metrics, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import results
+from jaxdrift.study import epoch_drift, results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,9 +265,9 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       "arch": run_config["arch"], "model_arch": run_config["model_arch"],
       "config": manifest, "class_names": class_names, "input_size": size,
       "layers": dict(zip(config.layers, layers)),
-      "summary": stats.summarize(table, metrics=_metric_columns(table),
+      "summary": stats.summarize(table, metrics=results.metric_columns(table),
                                  selection=config.selection, seed=config.seed),
-      "method_tests": stats.compare_methods(table, metrics=_metric_columns(table),
+      "method_tests": stats.compare_methods(table, metrics=results.metric_columns(table),
                                             selection=config.selection),
       "nulls": _nulls(model, ft_vars, table, tl_all, ft_all, selected,
                       np.concatenate(null_images), np.concatenate(null_labels), config,
@@ -277,11 +277,11 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   if lesion:
     aggregates["localization"] = _localization(table, class_names)
   if config.epochs == "all":
-    epoch_table = _epoch_drift(workdir, model, run_config, table, source, layers, config,
-                               mesh, batch_size, size, placement,
-                               known=((tl_vars, tl_all), (ft_vars, ft_all)))
+    epoch_table = epoch_drift.table(workdir, model, run_config, table, source, layers,
+                                    config, mesh, batch_size, size, placement,
+                                    known=((tl_vars, tl_all), (ft_vars, ft_all)))
     results.write_table(epoch_table, paths["epochs"])
-    aggregates["epochs"] = _epoch_summary(epoch_table, table, selected)
+    aggregates["epochs"] = epoch_drift.summarize(epoch_table, table, selected)
   results.write_json(aggregates, paths["aggregates"])
   results.write_json(manifest, done)
   return {**paths, "skipped": False}
@@ -293,10 +293,6 @@ def _placement(arch, shapes, layer, size, config) -> dict:
   canonical = shapes[models.default_cam_layer(arch)].shape[1:3]
   on_grid = config.grid == "network" and shapes[layer].shape[1:3] == canonical
   return dict(resolution=(size, size), grid=models.cam_grid(arch, size) if on_grid else None)
-
-
-def _metric_columns(table) -> list[str]:
-  return [k for k in metrics.PAIR_METRICS if k in table]
 
 
 def _random_head(ft_vars, key) -> dict:
@@ -336,8 +332,8 @@ def _nulls(model, ft_vars, table, tl_all, ft_all, selected, images, labels, conf
             np.concatenate(tl_parts)[keep], np.concatenate(ft_all[method, layer])[keep],
             permute_key, groups=table["label"][rows][keep], **placement[layer]),
     }
-    real = {k: table[k][rows][keep] for k in _metric_columns(table) + ["valid"]}
-    for row in metrics.null_report(real, nulls, metrics=_metric_columns(table),
+    real = {k: table[k][rows][keep] for k in results.metric_columns(table) + ["valid"]}
+    for row in metrics.null_report(real, nulls, metrics=results.metric_columns(table),
                                    seed=config.seed):
       out.append(dict(method=method, layer=layer, **row))
   return out
@@ -373,83 +369,4 @@ def _localization(table, class_names) -> list[dict]:
                         pointing_chance=mean("pointing_chance"),
                         energy_inside=mean(f"{ckpt}_energy_inside"),
                         mask_iou=mean(f"{ckpt}_mask_iou")))
-  return out
-
-
-def _same_variables(a, b) -> bool:
-  return jax.tree.structure(a) == jax.tree.structure(b) and all(
-      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _epoch_drift(workdir, model, run_config, table, source, layers, config, mesh,
-                 batch_size, size, placement, known) -> dict:
-  """Drift of every per-epoch checkpoint against TL and against the previous epoch.
-
-  `known` holds the (variables, maps) of the TL and the FT checkpoint, in that order: they
-  are per-epoch checkpoints too, and an epoch with the same weights reuses their maps.
-  """
-  epochs = train.checkpoint.epochs_manager(workdir).all_steps()
-  known = [(v, {k: np.concatenate(parts) for k, parts in maps.items()}) for v, maps in known]
-  tl_maps = known[0][1]  # the reference of every epoch
-  first = (table["method"] == config.methods[0]) & (table["layer"] == layers[0])
-  index, labels = table["image"][first], table["label"][first]  # the main pass's order
-  columns, previous = [], None
-  for epoch in sorted(epochs):
-    _, variables, _ = train.load_checkpoint(workdir, int(epoch))
-    maps = next((m for v, m in known if _same_variables(v, variables)), None)
-    if maps is None:
-      maps = _maps_of(model, variables, source, run_config, config, layers, mesh, batch_size,
-                      size, index)
-    references = {"tl": tl_maps}
-    if previous is not None:
-      references["previous"] = previous
-    for reference, ref_maps in references.items():
-      for (method, layer), m in maps.items():
-        row = {k: np.asarray(v) for k, v in metrics.drift(
-            ref_maps[method, layer], m, **placement[layer]).items()}
-        n = len(labels)
-        row.update(image=index, label=labels, epoch=np.full(n, int(epoch)),
-                   reference=np.full(n, reference, object),
-                   method=np.full(n, method, object), layer=np.full(n, layer, object))
-        columns.append(row)
-    previous = maps
-  return results.concat(columns)
-
-
-def _maps_of(model, variables, source, run_config, config, layers, mesh, batch_size, size,
-             index) -> dict:
-  """{(method, layer): maps [N, h, w]} of one checkpoint over the split, in `index` order."""
-  maps = {(m, l): [] for m in config.methods for l in layers}
-  seen = []
-  for batch in data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
-                            train=False, image_size=size, mesh=mesh):
-    keep = np.asarray(batch["mask"])
-    seen.append(np.asarray(batch["index"])[keep])
-    for layer in layers:
-      many = cam.compute_many(model, variables, batch["image"], batch["label"],
-                              methods=config.methods, layer=layer)
-      for method, res in many.items():
-        maps[method, layer].append(np.asarray(res.maps)[keep])
-  if not np.array_equal(np.concatenate(seen), index):
-    raise DriftStageError("the split's order changed between passes; rerun the drift stage")
-  return {k: np.concatenate(v) for k, v in maps.items()}
-
-
-def _epoch_summary(epoch_table, table, selected) -> list[dict]:
-  """Mean of every metric per method, layer, epoch and reference, over the images that the
-  final selection (`selected`, rows of `table`) keeps (the same images at every epoch)."""
-  chosen = set(table["image"][selected].tolist())
-  keep = np.isin(epoch_table["image"], list(chosen))
-  out = []
-  keys = sorted(set(zip(epoch_table["method"], epoch_table["layer"], epoch_table["epoch"],
-                        epoch_table["reference"])))
-  for method, layer, epoch, reference in keys:
-    rows = keep & (epoch_table["method"] == method) & (epoch_table["layer"] == layer) & (
-        epoch_table["epoch"] == epoch) & (epoch_table["reference"] == reference)
-    row = dict(method=method, layer=layer, epoch=int(epoch), reference=reference,
-               n=int(rows.sum()))
-    for metric in _metric_columns(epoch_table):
-      values = epoch_table[metric][rows]
-      row[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    out.append(row)
   return out

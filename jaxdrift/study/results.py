@@ -11,6 +11,8 @@ import pathlib
 
 import numpy as np
 
+from jaxdrift import metrics
+
 _BOOL = {"True": True, "False": False}
 
 
@@ -65,6 +67,11 @@ def concat(tables: list[dict]) -> dict:
   if not tables:
     return {}
   return {k: np.concatenate([np.asarray(t[k]) for t in tables]) for k in tables[0]}
+
+
+def metric_columns(table: dict) -> list[str]:
+  """The drift metrics (`jaxdrift.metrics.PAIR_METRICS`) that `table` has, in their order."""
+  return [k for k in metrics.PAIR_METRICS if k in table]
 
 
 def subset(table: dict, rows) -> dict:
