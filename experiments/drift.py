@@ -11,7 +11,7 @@ nothing.
 import argparse
 import sys
 
-from jaxdrift import study, train
+from jaxdrift import runtime, study, train
 
 
 def parse(argv=None):
@@ -58,4 +58,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  runtime.fast_cpu_compiles()
   main()

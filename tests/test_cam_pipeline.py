@@ -18,6 +18,7 @@ import jaxdrift as jd
 from jaxdrift.cam import core
 from jaxdrift.models import layers as L
 from jaxdrift.models.layers import tap
+from tests import xla_env
 
 CAM = ("gradcam", "gradcam++/eq19", "gradcam++/official", "layercam", "hirescam", "xgradcam")
 
@@ -354,7 +355,7 @@ def test_sharded_over_eight_devices_equals_one_device():
     assert distributed.place(placed, replicated) is placed
     print("ok")
   """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": xla_env.flags("--xla_force_host_platform_device_count=8"),
          "JAX_PLATFORMS": "cpu"}
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   run = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,

@@ -11,6 +11,7 @@ import pytest
 
 import jaxdrift as jd
 from jaxdrift.data import pipeline
+from tests import xla_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHANTOMS = dict(image_size=32, num_train=50, num_validation=37, num_test=5, seed=2)
@@ -34,7 +35,8 @@ class FakeSource:
 def _run(script, tmp_path, devices=1):
   path = tmp_path / "script.py"
   path.write_text(f"import sys\nsys.path.insert(0, {REPO!r})\n" + textwrap.dedent(script))
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ,
+             XLA_FLAGS=xla_env.flags(f"--xla_force_host_platform_device_count={devices}"),
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, str(path), str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=240)

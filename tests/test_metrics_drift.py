@@ -8,6 +8,7 @@ import pytest
 import jaxdrift as jd
 from jaxdrift.metrics import reference
 from jaxdrift.metrics.drift import DriftParams, pair_metrics
+from tests import xla_env
 
 M = jd.metrics
 NAMES = list(M.PAIR_METRICS) + [f"{q}_{c}" for q in M.MAP_QUANTITIES for c in "ab"]
@@ -122,21 +123,14 @@ def test_params_are_used_and_checked(maps):
 
 
 def test_no_recompilation_on_second_call(maps):
-  compiles = []
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(event)
   a, b = maps
   M.drift(a, b, chunk=5)  # warm (chunk 5: a remainder chunk as well)
   M.drift(jnp.asarray(a), jnp.asarray(b), chunk=5)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with xla_env.count_compiles() as compiles:
     for seed in (10, 11):
       x, y = cam_maps(seed)
       jax.block_until_ready(M.drift(x, y, chunk=5))
       jax.block_until_ready(M.drift(jnp.asarray(x), jnp.asarray(y), chunk=5))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert compiles == []
 
 

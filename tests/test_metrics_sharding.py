@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 import jaxdrift as jd
+from tests import xla_env
 
 M = jd.metrics
 
 SCRIPT = textwrap.dedent("""
   import os
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  flags = os.environ.get("XLA_FLAGS", "")  # the suite's own (conftest), plus 8 devices
+  os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
   import json
   import jax
   import numpy as np
@@ -81,14 +83,8 @@ def test_stream_pads_masks_and_checks_batch_size():
   assert out["iou"].shape == (9,)
   np.testing.assert_allclose(out["iou"], np.asarray(whole["iou"])[keep], atol=1e-7)
   # A second pass over the test set (same batch shape) compiles nothing.
-  compiles = []
-  listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event \
-      else None
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with xla_env.count_compiles() as compiles:
     again = M.drift_stream([(a[:6], b[:6], mask[:6]), (a[6:], b[6:], mask[6:])], batch_size=6)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert compiles == []
   np.testing.assert_array_equal(again["iou"], out["iou"])
   with pytest.raises(ValueError, match="does not fit"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+from tests import xla_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def compute(out_path: str) -> None:
 
 
 def test_eight_devices_match_one(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, "XLA_FLAGS": xla_env.flags("--xla_force_host_platform_device_count=8"),
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   eight = tmp_path / "eight.npz"
   proc = subprocess.run(
