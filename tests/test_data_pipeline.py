@@ -173,3 +173,50 @@ def test_eval_images_are_resized_and_preprocessed_for_the_arch(arch):
   np.testing.assert_allclose(image[:3], np.broadcast_to(expected, (3, 33, 33, 3)), atol=1e-6)
   np.testing.assert_array_equal(mask, [True, True, True, False])
   np.testing.assert_array_equal(np.asarray(batch["label"])[:3], [3, 3, 3])
+
+
+class CountingSource(FakeSource):
+  """FakeSource that counts the reads of each record."""
+
+  def __init__(self, examples):
+    super().__init__(examples)
+    self.reads = np.zeros(len(examples), int)
+
+  def __getitem__(self, i):
+    self.reads[i] += 1
+    return super().__getitem__(i)
+
+
+def _host_arrays(batches):
+  return [{k: np.asarray(v) for k, v in b.items()} for b in batches]
+
+
+def test_a_memo_gives_the_uncached_batches_and_reads_each_record_once(phantom_train):
+  source = CountingSource([phantom_train[i] for i in range(len(phantom_train))])
+  memo = jd.data.Memo()
+  kwargs = dict(arch="resnetv2_tiny", batch_size=8, image_size=48, seed=3)
+  train = lambda memo, epoch: _host_arrays(jd.data.batches(  # noqa: E731
+      source, train=True, augment=False, num_epochs=1, start_epoch=epoch, memo=memo,
+      **kwargs))
+  evaluate = lambda memo: _host_arrays(jd.data.batches(  # noqa: E731
+      source, train=False, memo=memo, **kwargs))
+  passes = [train(memo, 0), train(memo, 1), evaluate(memo), train(memo, 2)]
+  # Training reads 48 of the 50 records (ragged batch dropped); evaluation the other 2.
+  np.testing.assert_array_equal(source.reads, np.ones(50))
+  expected = [train(None, 0), train(None, 1), evaluate(None), train(None, 2)]
+  for got, want in zip(passes, expected):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+      assert a.keys() == b.keys()
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert not np.array_equal(passes[0][0]["index"], passes[1][0]["index"])  # reshuffled
+  assert (np.asarray(passes[2][-1]["mask"]) == (np.arange(8) < 50 % 8)).all()  # padding
+  with pytest.raises(ValueError, match="resnetv2_tiny', 48.*not.*64"):
+    next(jd.data.batches(source, train=False, memo=memo, **{**kwargs, "image_size": 64}))
+  # Augmented passes draw a new warp each time: they read through the memo.
+  reads = source.reads.copy()
+  train_aug = lambda: _host_arrays(jd.data.batches(  # noqa: E731
+      source, train=True, augment=True, memo=memo, **kwargs))
+  assert not np.array_equal(train_aug()[0]["image"], passes[0][0]["image"])
+  assert (source.reads - reads).sum() == 48

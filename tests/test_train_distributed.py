@@ -76,7 +76,12 @@ def test_eight_devices_match_one(tmp_path):
   assert int(a["devices"]) == 1 and int(b["devices"]) == 8
   assert set(a.files) == set(b.files)
   # Reductions run in another order on 8 devices; Adam (lr 1e-3) can turn a rounding
-  # difference of a tiny gradient into a visible fraction of lr, hence atol = lr / 20.
+  # difference of a tiny gradient into a visible fraction of lr, hence atol = lr / 20. The
+  # training-mode forward pass of those weights amplifies their differences: its logits
+  # (up to 1.6) differed by 1.3e-4 at XLA's CPU optimisation levels 1 and 2 (the suite's is
+  # 1), by under 5e-5 at the default 3. BatchNorm statistics per device (2 images) instead
+  # of over the global batch move them by up to 2.1 (measured with the initial weights).
+  atol = {"bn_train_logits": 5e-4}
   bad = {k: float(np.abs(b[k] - a[k]).max()) for k in a.files if k != "devices"
-         and not np.allclose(b[k], a[k], rtol=1e-4, atol=5e-5)}
+         and not np.allclose(b[k], a[k], rtol=1e-4, atol=atol.get(k, 5e-5))}
   assert not bad, bad

@@ -36,8 +36,8 @@ from jaxdrift.data import phantoms
 from jaxdrift.data.imageio import ImageError
 from jaxdrift.data.layout import LayoutError, SkipReport
 from jaxdrift.data.phantoms import generate as generate_phantoms
-from jaxdrift.data.pipeline import (NO_AUGMENT, Augment, batches, default_mesh, host_batches,
-                                    steps_per_epoch, to_device)
+from jaxdrift.data.pipeline import (NO_AUGMENT, Augment, Memo, batches, default_mesh,
+                                    host_batches, steps_per_epoch, to_device)
 
 NAMES = ("chest_xray5", "phantoms", "folder:PATH")
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation"}

@@ -168,6 +168,42 @@ class _Indexed:
     return example
 
 
+class Memo:
+  """Model-ready examples of one source, kept after their first pass through `batches`.
+
+  Hand the same Memo to every `batches` call over one source, arch and image size (each
+  epoch, each evaluation) and every record is read, decoded, resized and preprocessed once:
+  a pass without augmentation yields the same values every time. Passes that augment draw
+  a new warp each time and do not use it. It holds float32 images in memory (2000 phantoms
+  at 224 px: 1.2 GB), and with grain worker processes each worker would fill a copy.
+  """
+
+  def __init__(self):
+    self.examples, self.key = {}, None
+
+  def check(self, key):
+    if self.key is None:
+      self.key = key
+    elif self.key != key:
+      raise ValueError(f"this Memo holds examples prepared for {self.key}, not {key}")
+
+
+class _Prepared(_Indexed):
+  """`_Indexed` with the (deterministic) transform applied, memoized by record index."""
+
+  def __init__(self, source, positions: np.ndarray, transform: "_Transform", memo: Memo):
+    super().__init__(source, positions)
+    self.transform, self.memo = transform, memo
+
+  def __getitem__(self, j):
+    i = int(self.positions[j])
+    if i == _PAD:
+      return self.transform.padding()
+    if i not in self.memo.examples:
+      self.memo.examples[i] = self.transform(super().__getitem__(j), None)
+    return self.memo.examples[i]
+
+
 def default_mesh() -> jax.sharding.Mesh:
   """1-D mesh over every device (all hosts) with axis name "data" (`jaxdrift.distributed`)."""
   return distributed.data_mesh()
@@ -190,8 +226,8 @@ def steps_per_epoch(num_examples: int, batch_size: int, train: bool) -> int:
 def host_batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
                  image_size: int | None = None, augment: Augment | bool | None = None,
                  num_epochs: int = 1, start_epoch: int = 0, worker_count: int = 0,
-                 num_threads: int = 8, process_index: int | None = None,
-                 process_count: int | None = None):
+                 num_threads: int = 8, memo: Memo | None = None,
+                 process_index: int | None = None, process_count: int | None = None):
   """grain `IterDataset` of this process's numpy batches (before device placement).
 
   Same arguments as `batches`; `batch_size` is global, each process gets
@@ -214,21 +250,33 @@ def host_batches(source, *, arch: str, batch_size: int, train: bool, seed: int =
   features = source.dataset_info.features
   id_key = "file_name" if "file_name" in features else "id"
   transform = _Transform(arch, size, augment, "lesion_mask" in features, id_key)
+  if memo is not None and augment == NO_AUGMENT:
+    memo.check((arch, size))
+  else:
+    memo = None
+
+  def source_of(positions):
+    """position j -> record positions[j]: read, or (with a memo) already model-ready."""
+    if memo is None:
+      return grain.MapDataset.source(_Indexed(source, positions)).seed(seed)
+    return grain.MapDataset.source(_Prepared(source, positions, transform, memo)).seed(seed)
+
+  # Without augmentation the transform ignores its rng, so the memo's examples and the
+  # shuffle order (a function of seed and length only) are those of the uncached pipeline.
+  prepare = (lambda ds: ds) if memo is not None else (lambda ds: ds.random_map(transform))
   n = len(source)
   if train:
     if n < batch_size:
       raise ValueError(f"the training split has {n} examples, fewer than one batch of "
                        f"{batch_size}; lower batch_size")
     full = n // batch_size * batch_size
-    base = grain.MapDataset.source(_Indexed(source, np.arange(n))).seed(seed).shuffle()
-    ds = base[:full][process_index::process_count]
-    ds = ds.random_map(transform).batch(local, drop_remainder=True)
+    ds = source_of(np.arange(n)).shuffle()[:full][process_index::process_count]
+    ds = prepare(ds).batch(local, drop_remainder=True)
     per_epoch = len(ds)
     ds = ds.repeat(start_epoch + num_epochs)[start_epoch * per_epoch:]
   else:
     positions = _eval_positions(n, batch_size, process_index, process_count)
-    ds = grain.MapDataset.source(_Indexed(source, positions)).seed(seed)
-    ds = ds.random_map(transform).batch(local, drop_remainder=False)
+    ds = prepare(source_of(positions)).batch(local, drop_remainder=False)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=max(2, 2 * num_threads)))
   if worker_count > 0:
@@ -247,7 +295,8 @@ def to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
 def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
             image_size: int | None = None, augment: Augment | bool | None = None,
             num_epochs: int = 1, start_epoch: int = 0, mesh: jax.sharding.Mesh | None = None,
-            worker_count: int = 0, num_threads: int = 8, prefetch: int = 2):
+            worker_count: int = 0, num_threads: int = 8, prefetch: int = 2,
+            memo: Memo | None = None):
   """Yields preprocessed, fixed-shape batches placed on the devices of `mesh`.
 
   Args:
@@ -267,6 +316,9 @@ def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
       parsed first (`absl.flags.FLAGS(sys.argv)` or `absl.app.run`).
     num_threads: grain reader threads per process.
     prefetch: batches transferred to the devices ahead of use.
+    memo: a `Memo` of this source, arch and size, shared by the passes over it: a pass
+      without augmentation prepares each record once across them (None: every pass reads
+      and preprocesses every record).
 
   Yields:
     dicts described in the module docstring.
@@ -278,7 +330,7 @@ def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
   it = host_batches(source, arch=arch, batch_size=batch_size, train=train, seed=seed,
                     image_size=image_size, augment=augment, num_epochs=num_epochs,
                     start_epoch=start_epoch, worker_count=worker_count,
-                    num_threads=num_threads)
+                    num_threads=num_threads, memo=memo)
   queue = collections.deque()
   for batch in it:
     queue.append(to_device(batch, mesh))

@@ -192,8 +192,14 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   null_images, null_labels, lesion = [], [], False
   tl_all = {(m, l): [] for m in config.methods for l in layers}
   ft_all = {(m, l): [] for m in config.methods for l in layers}
-  batches = data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
-                         train=False, image_size=size, mesh=mesh)
+  # With --epochs all, a pass per epoch: the later ones take the split from memory.
+  memo = data.Memo() if config.epochs == "all" else None
+
+  def split_batches():
+    return data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
+                        train=False, image_size=size, mesh=mesh, memo=memo)
+
+  batches = split_batches()
   if progress:
     import tqdm
     batches = tqdm.tqdm(batches, total=data.steps_per_epoch(len(source), batch_size, False),
@@ -277,9 +283,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   if lesion:
     aggregates["localization"] = _localization(table, class_names)
   if config.epochs == "all":
-    epoch_table = epoch_drift.table(workdir, model, run_config, table, source, layers,
-                                    config, mesh, batch_size, size, placement,
-                                    known=((tl_vars, tl_all), (ft_vars, ft_all)))
+    epoch_table = epoch_drift.table(workdir, model, table, layers, config, placement,
+                                    ((tl_vars, tl_all), (ft_vars, ft_all)), split_batches)
     results.write_table(epoch_table, paths["epochs"])
     aggregates["epochs"] = epoch_drift.summarize(epoch_table, table, selected)
   results.write_json(aggregates, paths["aggregates"])

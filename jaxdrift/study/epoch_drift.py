@@ -4,7 +4,7 @@ and against the previous epoch (the drift stage's epochs.csv, and its summary)."
 import jax
 import numpy as np
 
-from jaxdrift import cam, data, metrics, train
+from jaxdrift import cam, metrics, train
 from jaxdrift.study import results
 
 
@@ -13,12 +13,12 @@ def _same_variables(a, b) -> bool:
       np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def table(workdir, model, run_config, samples, source, layers, config, mesh, batch_size,
-          size, placement, known) -> dict:
+def table(workdir, model, samples, layers, config, placement, known, split_batches) -> dict:
   """Drift of every per-epoch checkpoint against TL and against the previous epoch.
 
-  `known` holds the (variables, maps) of the TL and the FT checkpoint, in that order: they
-  are per-epoch checkpoints too, and an epoch with the same weights reuses their maps.
+  `split_batches()` yields the split's batches in the main pass's order. `known` holds the
+  (variables, maps) of the TL and the FT checkpoint, in that order: they are per-epoch
+  checkpoints too, and an epoch with the same weights reuses their maps.
   """
   epochs = train.checkpoint.epochs_manager(workdir).all_steps()
   known = [(v, {k: np.concatenate(parts) for k, parts in maps.items()}) for v, maps in known]
@@ -30,8 +30,7 @@ def table(workdir, model, run_config, samples, source, layers, config, mesh, bat
     _, variables, _ = train.load_checkpoint(workdir, int(epoch))
     maps = next((m for v, m in known if _same_variables(v, variables)), None)
     if maps is None:
-      maps = _maps_of(model, variables, source, run_config, config, layers, mesh, batch_size,
-                      size, index)
+      maps = _maps_of(model, variables, split_batches(), config, layers, index)
     references = {"tl": tl_maps}
     if previous is not None:
       references["previous"] = previous
@@ -48,13 +47,11 @@ def table(workdir, model, run_config, samples, source, layers, config, mesh, bat
   return results.concat(columns)
 
 
-def _maps_of(model, variables, source, run_config, config, layers, mesh, batch_size, size,
-             index) -> dict:
+def _maps_of(model, variables, batches, config, layers, index) -> dict:
   """{(method, layer): maps [N, h, w]} of one checkpoint over the split, in `index` order."""
   maps = {(m, l): [] for m in config.methods for l in layers}
   seen = []
-  for batch in data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
-                            train=False, image_size=size, mesh=mesh):
+  for batch in batches:
     keep = np.asarray(batch["mask"])
     seen.append(np.asarray(batch["index"])[keep])
     for layer in layers:

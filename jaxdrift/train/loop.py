@@ -121,6 +121,14 @@ class _Run:
   progress: bool
   hooks: Sequence[Callable[[dict], None]]
   log_path: pathlib.Path
+  # Runs without augmentation (the demo, smoke) read and preprocess each record once: every
+  # epoch, validation and precise-BN pass then takes its examples from memory.
+  memos: dict = dataclasses.field(default_factory=dict)
+
+  def memo(self, split: str) -> data_lib.Memo | None:
+    if self.config.augment:
+      return None
+    return self.memos.setdefault(split, data_lib.Memo())
 
   @functools.cached_property
   def abstract_variables(self) -> dict:
@@ -144,7 +152,8 @@ class _Run:
     c = self.config
     return data_lib.batches(self.sources[split], arch=c.model_arch,
                             batch_size=c.eval_batch_size or c.batch_size, train=False,
-                            seed=c.seed, image_size=c.input_size, mesh=self.mesh)
+                            seed=c.seed, image_size=c.input_size, mesh=self.mesh,
+                            memo=self.memo(split))
 
   def evaluate(self, variables: dict, split: str) -> dict:
     return eval_lib.evaluate(self.eval_fn, variables, self.eval_batches(split))
@@ -237,7 +246,8 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
     batches = data_lib.batches(run.sources["train"], arch=c.model_arch,
                                batch_size=c.batch_size, train=True, seed=c.seed,
                                image_size=c.input_size, augment=c.augment, num_epochs=1,
-                               start_epoch=global_epoch - 1, mesh=run.mesh)
+                               start_epoch=global_epoch - 1, mesh=run.mesh,
+                               memo=run.memo("train"))
     bar = tqdm.tqdm(total=per_epoch, desc=f"{name} {epoch}/{epochs}", unit="step",
                     disable=not run.progress, leave=True, dynamic_ncols=True)
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
