@@ -5,8 +5,7 @@
 Runs `experiments.pipeline --preset demo` from scratch in ROOT (deleted first unless
 --keep) and prints the seconds of each stage per architecture and the whole run as a
 fraction of the budget (target <= 1.0), plus the FT accuracy and the pointing game of the
-FT maps on the lesion classes, and how much of the run XLA spent compiling. Like the
-command line it sets XLA's CPU optimisation level to 1 (`jaxdrift.runtime`).
+FT maps on the lesion classes, and how much of the run XLA spent compiling.
 
 The 10-minute budget is an absolute time on a shared, noisy 2-core machine, so the script
 also measures this machine's speed on a fixed reference workload (the full ResNet50V2
@@ -27,7 +26,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jaxdrift as jd  # noqa: E402
-from jaxdrift import runtime  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 # ResNet50V2 forward images/s (batch 8, 224 px, float32) on the machine of the README's
@@ -84,12 +82,11 @@ def main():
           f"{summary['ft']['test']['accuracy']:.3f} | {games} |")
   print(f"\nreport: {out['timings']['report']:.0f} s; whole demo {total:.0f} s = "
         f"{total / args.budget:.2f} of the {args.budget:.0f} s budget; XLA compiles "
-        f"{compile_s[0]:.0f} s of it ({os.environ.get('XLA_FLAGS', 'no XLA_FLAGS')})")
+        f"{compile_s[0]:.0f} s of it")
   print(f"machine speed: ResNet50V2 forward {speed:.1f} img/s (before {speed_before:.1f}), "
         f"{speed / REFERENCE_FORWARD_IMG_S:.2f}x the {REFERENCE_FORWARD_IMG_S} img/s of the "
         "machine of the README's demo timings")
 
 
 if __name__ == "__main__":
-  runtime.fast_cpu_compiles()  # as `python -m experiments.pipeline` does
   main()

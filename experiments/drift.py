@@ -11,7 +11,7 @@ nothing.
 import argparse
 import sys
 
-from jaxdrift import runtime, study, train
+from jaxdrift import study, train
 
 
 def parse(argv=None):
@@ -58,5 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  runtime.fast_cpu_compiles()
   main()

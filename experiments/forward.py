@@ -14,7 +14,6 @@ import jax
 import numpy as np
 
 import jaxdrift as jd
-from jaxdrift import runtime
 
 
 def main(argv=None):
@@ -45,5 +44,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  runtime.fast_cpu_compiles()
   main()

@@ -9,7 +9,7 @@ Resumable: rerun the same command after an interruption.
 import argparse
 import sys
 
-from jaxdrift import models, runtime, study, train
+from jaxdrift import models, study, train
 
 
 def main(argv=None):
@@ -33,5 +33,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  runtime.fast_cpu_compiles()
   main()

@@ -85,7 +85,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  from jaxdrift import runtime  # stdlib only: --help stays fast
-
-  runtime.fast_cpu_compiles()
   main()
