@@ -19,6 +19,7 @@ import shutil
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# (Not `xla_env.flags`: it imports jax, and JAX reads these variables when it is imported.)
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_backend_optimization_level=1").strip()
