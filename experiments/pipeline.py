@@ -23,11 +23,16 @@ def main(argv=None):
                  help="dataset override: chest_xray5, phantoms or folder:PATH")
   p.add_argument("--data-dir", default=None, help="TFDS data directory")
   p.add_argument("--root", default=None, help="output directory (default runs/<preset>)")
+  p.add_argument("--workers", type=int, default=None,
+                 help="architectures trained at once, one process each (default: one per "
+                      "CPU core on a CPU, 1 on an accelerator)")
   args = p.parse_args(argv)
   try:
     out = study.run_pipeline(args.preset, archs=args.archs.split(","), root=args.root,
-                             data=args.data, data_dir=args.data_dir)
-  except (study.DriftStageError, train.CheckpointError, FileNotFoundError, ValueError) as e:
+                             data=args.data, data_dir=args.data_dir,
+                             workers=args.workers)
+  except (study.DriftStageError, train.CheckpointError, train.WorkdirError, FileNotFoundError,
+          ValueError) as e:
     sys.exit(f"error: {e}")
   print(f"done: {out['report']}")
 

@@ -19,8 +19,9 @@ ARCHS = ("densenet201", "resnet50v2", "inceptionv3")
 def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("smoke")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
+  # Two worker processes (the default on a 2-core CPU), whatever this machine has.
   out = jd.study.run_pipeline("smoke", archs=ARCHS, root=root, data_dir=data_dir,
-                              progress=False)
+                              progress=False, workers=2)
   return root, data_dir, out
 
 
@@ -127,6 +128,26 @@ def test_clear_errors(run, tmp_path):
   with pytest.raises(jd.train.WorkdirError):
     jd.study.run_pipeline("smoke", archs=("resnet50v2",), root=tmp_path, data_dir=data_dir,
                           progress=False)
+  # The same from worker processes: the worker's exception, with its message, reaches here.
+  (tmp_path / "inceptionv3").symlink_to(root / "resnet50v2")
+  with pytest.raises(jd.train.WorkdirError, match="holds a run of") as raised:
+    jd.study.run_pipeline("smoke", archs=("resnet50v2", "inceptionv3"), root=tmp_path,
+                          data_dir=data_dir, progress=False, workers=2)
+  assert "worker process" in "".join(getattr(raised.value, "__notes__", []))
+
+
+def test_worker_processes_give_the_in_process_results(run, tmp_path):
+  """The fixture ran the architectures in two worker processes; one of them again in this
+  process gives the same files, value for value."""
+  root, data_dir, out = run
+  assert out["timings"]["workers"] == 2
+  again = jd.study.run_pipeline("smoke", archs=("densenet201",), root=tmp_path,
+                                data_dir=data_dir, progress=False, workers=1)
+  assert again["timings"]["workers"] == 1
+  for name in ("summary.json", "drift/samples.csv", "drift/epochs.csv",
+               "drift/aggregates.json"):
+    assert (tmp_path / "densenet201" / name).read_text() == (
+        root / "densenet201" / name).read_text(), name
 
 
 def test_drift_stage_killed_half_way_is_redone(run, monkeypatch):

@@ -145,6 +145,24 @@ def _display_image(image) -> np.ndarray:
   return (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
 
 
+def _outputs(workdir: pathlib.Path, config: DriftConfig):
+  """(output paths, the manifest of `config`, the manifest's path)."""
+  out_dir = workdir / "drift"
+  paths = {"samples": out_dir / "samples.csv", "aggregates": out_dir / "aggregates.json",
+           "examples": out_dir / "examples.npz",
+           "epochs": out_dir / "epochs.csv" if config.epochs == "all" else None}
+  manifest = dataclasses.asdict(config)
+  manifest = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.items()}
+  return paths, manifest, out_dir / "manifest.json"
+
+
+def drift_done(workdir, config: DriftConfig = DriftConfig()) -> bool:
+  """True when `workdir` holds a complete drift stage of `config` (a rerun would skip)."""
+  paths, manifest, done = _outputs(pathlib.Path(workdir), config)
+  return done.exists() and results.read_json(done) == manifest and all(
+      p.exists() for p in paths.values() if p is not None)
+
+
 def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
               progress: bool = True) -> dict:
   """Runs the drift stage on a training workdir (see the module docstring).
@@ -158,15 +176,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
     jaxdrift.train.CheckpointError: a checkpoint is missing or of another architecture.
   """
   workdir = pathlib.Path(workdir)
-  out_dir = workdir / "drift"
-  paths = {"samples": out_dir / "samples.csv", "aggregates": out_dir / "aggregates.json",
-           "examples": out_dir / "examples.npz",
-           "epochs": out_dir / "epochs.csv" if config.epochs == "all" else None}
-  manifest = dataclasses.asdict(config)
-  manifest = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.items()}
-  done = out_dir / "manifest.json"
-  if done.exists() and results.read_json(done) == manifest and all(
-      p.exists() for p in paths.values() if p is not None):
+  paths, manifest, done = _outputs(workdir, config)
+  if drift_done(workdir, config):
     return {**paths, "skipped": True}
   # The manifest is written last: without it, files left by a run killed half-way (or of
   # another configuration) never pass for finished.

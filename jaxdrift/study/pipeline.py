@@ -10,17 +10,33 @@ Presets (training presets from `jaxdrift.train.preset`, drift options below):
          chest_xray5 with ImageNet backbones; for a GPU or TPU.
   smoke  the reduced variants, a few steps each, for tests.
 
+The datasets are prepared first, once. Then each architecture is trained and analysed; on a
+CPU several architectures run at once, each in a worker process of its own (`workers`, one
+per core by default, the largest inputs first): one process keeps about 1.6 of 2 cores
+busy and XLA compiles on one core, so side by side they fill the machine. Their results
+are those of a run one after the other, bit for bit (XLA on the CPU computes the same
+whatever the load). On an accelerator they run one after the other in this process, which
+holds the device.
+
 Each stage skips work already done (a finished training run, a drift stage with the same
 options, see `run_drift`), so an interrupted pipeline resumes where it stopped; stage times
 are written to ROOT/timings.json.
 """
 
 import json
+import multiprocessing
+import os
 import pathlib
+import pickle
+import queue as queue_lib
+import resource
 import time
+import traceback
+
+import tqdm
 
 from jaxdrift import models, report, train
-from jaxdrift.study.drift_stage import DriftConfig, run_drift
+from jaxdrift.study.drift_stage import DriftConfig, drift_done, run_drift
 
 DRIFT_PRESETS = {
     "demo": DriftConfig(epochs="all", batch_size=50, null_samples=50),
@@ -38,9 +54,142 @@ def _trained(workdir: pathlib.Path, config) -> bool:
   return all(saved.get(k) == v for k, v in config.to_json().items() if k != "data_dir")
 
 
+def _stages(config, workdir: pathlib.Path, drift: DriftConfig, data_dir, *, progress: bool,
+            hooks=(), on_stage=lambda stage: None) -> dict:
+  """Trains (unless trained) and runs the drift stage of one architecture; their seconds."""
+  timings = {}
+  start = time.perf_counter()
+  if not _trained(workdir, config):
+    on_stage("train")
+    train.train(config, workdir, progress=progress, hooks=hooks)
+  timings["train"] = time.perf_counter() - start
+  start = time.perf_counter()
+  on_stage("drift")
+  run_drift(workdir, drift, data_dir=data_dir, progress=progress)
+  timings["drift"] = time.perf_counter() - start
+  return timings
+
+
+def _worker(arch, config, workdir, drift, data_dir, events) -> None:
+  """A worker process: one architecture's stages; reports progress and the outcome."""
+  import jax  # the parent may not have started JAX; each worker starts its own
+
+  compile_s = [0.0]
+
+  def on_duration(event, duration, **_):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compile_s[0] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  before = config.epochs_tl  # steps of phase 2 come after those of phase 1
+
+  def hook(event):
+    offset = before if event["phase"] == "ft" else 0
+    per_epoch = event["steps_per_epoch"]
+    events.put(("step", arch, {
+        "label": f"{event['phase']} {event['epoch']}/{event['epochs']}",
+        "done": (offset + event["epoch"] - 1) * per_epoch + event["step_in_epoch"],
+        "total": (config.epochs_tl + config.epochs_ft) * per_epoch}))
+
+  try:
+    timings = _stages(config, workdir, drift, data_dir, progress=False, hooks=(hook,),
+                      on_stage=lambda stage: events.put(("stage", arch, stage)))
+    # ru_maxrss is in KiB on Linux.
+    timings.update(compile=compile_s[0],
+                   max_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    events.put(("done", arch, timings))
+  except BaseException as e:  # noqa: BLE001 -- every failure goes to the parent
+    e.add_note(f"(in the {arch} worker process)\n{traceback.format_exc()}")
+    try:
+      pickle.dumps(e)
+    except Exception:  # noqa: BLE001
+      e = RuntimeError(f"{arch}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+    events.put(("error", arch, e))
+
+
+class _Display:
+  """One progress bar per architecture, fed by the workers' events."""
+
+  def __init__(self, archs, enabled: bool):
+    self.bars = {arch: tqdm.tqdm(total=1, desc=f"{arch}: waiting", position=i, unit="step",
+                                 leave=True, dynamic_ncols=True, disable=not enabled)
+                 for i, arch in enumerate(archs)}
+
+  def __call__(self, kind, arch, payload):
+    bar = self.bars[arch]
+    if kind == "stage":
+      bar.set_description(f"{arch}: {payload}")
+    elif kind == "step":
+      bar.total, bar.n = payload["total"], payload["done"]
+      bar.set_description(f"{arch}: {payload['label']}", refresh=False)
+      bar.refresh()
+    elif kind == "done":
+      bar.n = bar.total
+      bar.set_description(f"{arch}: done (train {payload['train']:.0f} s, drift "
+                          f"{payload['drift']:.0f} s)")
+
+  def close(self):
+    for bar in self.bars.values():
+      bar.close()
+
+
+def _run_workers(jobs: dict, workers: int, progress: bool) -> dict:
+  """Runs `jobs` {arch: (config, workdir, drift, data_dir)} in at most `workers` processes.
+
+  Returns {arch: timings}. The first failure stops the other workers (their runs resume
+  later) and is raised here, with the worker's traceback as a note.
+  """
+  context = multiprocessing.get_context("spawn")  # never fork a process that runs JAX
+  events = context.Queue()
+  waiting, running, timings, silent = list(jobs), {}, {}, set()
+  display = _Display(list(jobs), progress)
+  try:
+    while waiting or running:
+      while waiting and len(running) < workers:
+        arch = waiting.pop(0)
+        process = context.Process(target=_worker, args=(arch, *jobs[arch], events),
+                                  name=f"jaxdrift-{arch}")
+        process.start()
+        running[arch] = process
+      try:
+        kind, arch, payload = events.get(timeout=0.5)
+      except queue_lib.Empty:
+        for arch, process in running.items():
+          if not process.is_alive():
+            if arch in silent:  # dead, and nothing came in a whole poll after it died
+              raise RuntimeError(f"the {arch} worker process died (exit code "
+                                 f"{process.exitcode}) without a result; rerun to resume")
+            silent.add(arch)
+        continue
+      if kind == "error":
+        raise payload
+      display(kind, arch, payload)
+      if kind == "done":
+        timings[arch] = payload
+        running.pop(arch).join()
+  finally:
+    display.close()
+    for process in running.values():
+      process.terminate()
+      process.join()
+  return timings
+
+
+def default_workers(pending: int) -> int:
+  """Architectures to run at once: one per CPU core on a CPU (two workers already keep two
+  cores busy, and each holds its datasets in memory: the demo's InceptionV3 worker peaks at
+  5 GB), one on an accelerator."""
+  import jax
+
+  if jax.default_backend() != "cpu":
+    return 1
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(pending, cores or 1))
+
+
 def run_pipeline(preset: str = "demo", *, archs=models.ARCHS, root=None, data=None,
                  data_dir=None, drift: DriftConfig | None = None, progress: bool = True,
-                 **train_overrides) -> dict:
+                 workers: int | None = None, **train_overrides) -> dict:
   """Runs every stage for each architecture and writes the combined report.
 
   Args:
@@ -51,36 +200,60 @@ def run_pipeline(preset: str = "demo", *, archs=models.ARCHS, root=None, data=No
     data_dir: TFDS data directory.
     drift: drift-stage options (default: the preset's, `DRIFT_PRESETS`).
     progress: show progress bars.
+    workers: architectures trained at once, each in a worker process (default
+      `default_workers`: one per CPU core on a CPU, 1 on an accelerator); 1 runs them one
+      after the other in this process. Workers are spawned, and a spawned process imports
+      the calling script: a script needs the `if __name__ == "__main__":` guard.
     **train_overrides: TrainConfig fields (e.g. epochs_ft=3).
 
   Returns:
-    {"report": path of report.md, "workdirs": [...], "timings": {arch: {stage: seconds}}}.
+    {"report": path of report.md, "workdirs": [...], "figures": {...}, "timings": {arch:
+    {stage: seconds, ...}, "data": s, "report": s, "total": s, "workers": n}}.
   """
+  start_all = time.perf_counter()
   root = pathlib.Path(root or f"runs/{preset}")
   drift = drift or DRIFT_PRESETS[preset]
-  timings, workdirs = {}, []
-  for i, arch in enumerate(archs):
-    config = train.preset(preset, arch=arch, data=data, data_dir=data_dir, **train_overrides)
-    workdir = root / arch
-    workdirs.append(workdir)
-    if progress:
-      print(f"[{i + 1}/{len(archs)}] {arch} ({config.model_arch}) -> {workdir}", flush=True)
-    timings[arch] = {}
-    start = time.perf_counter()
-    if not _trained(workdir, config):
-      train.train(config, workdir, progress=progress)
-    timings[arch]["train"] = time.perf_counter() - start
-    start = time.perf_counter()
-    run_drift(workdir, drift, data_dir=data_dir, progress=progress)
-    timings[arch]["drift"] = time.perf_counter() - start
+  configs = {arch: train.preset(preset, arch=arch, data=data, data_dir=data_dir,
+                                **train_overrides) for arch in archs}
+  workdirs = {arch: root / arch for arch in archs}
+  pending = [a for a in archs
+             if not (_trained(workdirs[a], configs[a]) and drift_done(workdirs[a], drift))]
   start = time.perf_counter()
-  paths = report.build_report(workdirs, root / "report")
+  prepared = set()
+  for arch in pending:  # each dataset once, before any worker reads it
+    c = configs[arch]
+    key = json.dumps([c.data, c.data_options, c.data_dir], sort_keys=True)
+    if key not in prepared:
+      train.loop.load_sources(c)
+      prepared.add(key)
+  timings = {"data": time.perf_counter() - start}
+  workers = default_workers(len(pending)) if workers is None else max(1, workers)
+  workers = min(workers, max(1, len(pending)))
+  if workers > 1:
+    if progress:
+      print(f"{len(pending)} architectures, {workers} at once: "
+            + ", ".join(f"{a} ({configs[a].model_arch}) -> {workdirs[a]}" for a in pending),
+            flush=True)
+    # The largest inputs first: the longest run starts at once and never waits for a worker.
+    pending.sort(key=lambda a: -configs[a].input_size)
+    timings.update(_run_workers({a: (configs[a], workdirs[a], drift, data_dir)
+                                 for a in pending}, workers, progress))
+  for i, arch in enumerate(archs):
+    if arch in timings:
+      continue
+    if progress:
+      print(f"[{i + 1}/{len(archs)}] {arch} ({configs[arch].model_arch}) -> "
+            f"{workdirs[arch]}", flush=True)
+    timings[arch] = _stages(configs[arch], workdirs[arch], drift, data_dir,
+                            progress=progress)
+  start = time.perf_counter()
+  paths = report.build_report([workdirs[a] for a in archs], root / "report")
   timings["report"] = time.perf_counter() - start
+  timings.update(total=time.perf_counter() - start_all, workers=workers)
+  timings = {**{a: timings[a] for a in archs},
+             **{k: v for k, v in timings.items() if k not in archs}}
   (root / "timings.json").write_text(json.dumps(timings, indent=1))
   if progress:
     print(f"report: {paths['report']}")
-  return {"report": paths["report"], "workdirs": workdirs, "timings": timings,
-          "figures": paths["figures"]}
-
-
-
+  return {"report": paths["report"], "workdirs": [workdirs[a] for a in archs],
+          "timings": timings, "figures": paths["figures"]}

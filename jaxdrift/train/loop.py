@@ -262,7 +262,8 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
                       img_s=f"{totals['count'] / elapsed:.0f}", refresh=False)
       bar.update(1)
       for hook in run.hooks:
-        hook({"phase": name, "epoch": epoch, "step_in_epoch": i + 1, "state": state})
+        hook({"phase": name, "epoch": epoch, "epochs": epochs, "step_in_epoch": i + 1,
+              "steps_per_epoch": per_epoch, "state": state})
     bar.close()
     train_time = time.perf_counter() - start
     if phase.train_bn and c.precise_bn_batches:
@@ -306,8 +307,9 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
     workdir: run directory (created; see the module docstring for its layout).
     mesh: device mesh with a "data" axis (default: every device).
     progress: show progress bars and per-epoch lines.
-    hooks: callables receiving {"phase", "epoch", "step_in_epoch", "state"} after every
-      training step (tests use one to interrupt a run).
+    hooks: callables receiving {"phase", "epoch", "epochs", "step_in_epoch",
+      "steps_per_epoch", "state"} after every training step (tests use one to interrupt a
+      run, the pipeline's workers to report progress).
 
   Returns:
     the summary dict also written to DIR/summary.json.
