@@ -30,6 +30,7 @@ import pathlib
 import pickle
 import queue as queue_lib
 import resource
+import threading
 import time
 import traceback
 
@@ -70,8 +71,21 @@ def _stages(config, workdir: pathlib.Path, drift: DriftConfig, data_dir, *, prog
   return timings
 
 
-def _worker(arch, config, workdir, drift, data_dir, events) -> None:
+def _exit_with_parent(parent: int) -> None:
+  """Ends this process when the parent process dies (killed, not interrupted: an interrupted
+  parent stops its workers itself), so that no orphan goes on writing a run's files."""
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True, name="jaxdrift-parent-watch").start()
+
+
+def _worker(arch, config, workdir, drift, data_dir, events, parent) -> None:
   """A worker process: one architecture's stages; reports progress and the outcome."""
+  _exit_with_parent(parent)
   import jax  # the parent may not have started JAX; each worker starts its own
 
   compile_s = [0.0]
@@ -147,7 +161,7 @@ def _run_workers(jobs: dict, workers: int, progress: bool) -> dict:
     while waiting or running:
       while waiting and len(running) < workers:
         arch = waiting.pop(0)
-        process = context.Process(target=_worker, args=(arch, *jobs[arch], events),
+        process = context.Process(target=_worker, args=(arch, *jobs[arch], events, os.getpid()),
                                   name=f"jaxdrift-{arch}")
         process.start()
         running[arch] = process
@@ -167,6 +181,9 @@ def _run_workers(jobs: dict, workers: int, progress: bool) -> dict:
       if kind == "done":
         timings[arch] = payload
         running.pop(arch).join()
+        if progress:  # the TL / FT table that a run in this process prints
+          summary = json.loads((jobs[arch][1] / "summary.json").read_text())
+          tqdm.tqdm.write(train.summary_table(summary))
   finally:
     display.close()
     for process in running.values():
