@@ -95,10 +95,9 @@ def _worker(arch, config, workdir, drift, data_dir, events, parent) -> None:
       compile_s[0] += duration
 
   jax.monitoring.register_event_duration_secs_listener(on_duration)
-  before = config.epochs_tl  # steps of phase 2 come after those of phase 1
 
   def hook(event):
-    offset = before if event["phase"] == "ft" else 0
+    offset = config.epochs_tl if event["phase"] == "ft" else 0  # phase 2 follows phase 1
     per_epoch = event["steps_per_epoch"]
     events.put(("step", arch, {
         "label": f"{event['phase']} {event['epoch']}/{event['epochs']}",
