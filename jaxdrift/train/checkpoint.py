@@ -17,6 +17,7 @@ shardings, so arrays come back replicated on the mesh, and any failure to read b
 `CheckpointError` that names the directory and what to do.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -198,6 +199,15 @@ def read_config(workdir) -> dict:
   return json.loads(path.read_text())
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_variables(model_arch: str, num_classes: int, size: int) -> dict:
+  """Shapes of a model's variables (tracing an InceptionV3 takes a second; the drift stage
+  loads every epoch's checkpoint)."""
+  model = models.create(model_arch, num_classes)
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False))
+
+
 def load_checkpoint(workdir, which="ft", *, arch: str | None = None):
   """Loads a trained model for the later stages (attribution, drift, report).
 
@@ -222,9 +232,8 @@ def load_checkpoint(workdir, which="ft", *, arch: str | None = None):
                           f"(paper arch {config['arch']!r}), not {arch!r}")
   model = models.create(config["model_arch"], config["num_classes"],
                         dropout_rate=config.get("dropout_rate", 0.0))
-  size = config["input_size"]
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False))
+  abstract = _abstract_variables(config["model_arch"], config["num_classes"],
+                                 config["input_size"])
   if isinstance(which, str):
     variables, _ = restore_named(workdir, which, abstract)
   elif isinstance(which, int):
