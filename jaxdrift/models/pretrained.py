@@ -111,7 +111,11 @@ def pretrained(arch: str, num_classes: int, weights="imagenet", *, key, input_si
   size = input_size or registry.spec(arch).input_size
   x = jax.numpy.zeros((1, size, size, 3), jax.numpy.float32)
   if isinstance(weights, str) and weights == "none":
-    return jax.jit(lambda key: model.init(key, x, train=False))(key)
+    # At XLA's optimisation level 0: the initialiser (mostly a threefry hash per parameter)
+    # runs once and compiles 3x faster (InceptionV3: 10 s instead of 30 s on a 2-core CPU).
+    init = jax.jit(lambda key: model.init(key, x, train=False)).lower(key).compile(
+        compiler_options={"xla_backend_optimization_level": 0})
+    return init(key)
   path = fetch_weights(arch) if isinstance(weights, str) and weights == "imagenet" else weights
   file_backbone = {p: a for p, a in keras_to_flat(read_keras_h5(path), arch).items()
                    if p[1] != "predictions"}
