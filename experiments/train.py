@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--preset", default="paper", choices=PRESETS,
                  help="paper: default sizes, chest_xray5, ImageNet, 10+20 epochs; demo: "
                       "reduced model on 160 px phantoms (fed at 224 px to resnet50v2, 235 to "
-                      "inceptionv3) with proxy pretraining (CPU, 4-11 min); smoke: a few "
+                      "inceptionv3) with proxy pretraining (CPU, a few minutes); smoke: a few "
                       "steps, for tests (default: paper)")
   p.add_argument("--data", default=None,
                  help="chest_xray5 | phantoms[/128|/224|/small] | folder:PATH "

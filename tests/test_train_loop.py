@@ -144,3 +144,25 @@ def test_cli_help_documents_every_flag_and_archs_match():
                "--epochs-tl", "--epochs-ft", "--batch-size", "--lr-tl", "--lr-ft", "--seed"):
     assert flag in text
   assert cli.ARCHS == jd.models.ARCHS
+
+
+def test_proxy_pretraining_at_its_own_size_feeds_phase_1(data_dir, tmp_path):
+  """The demo's pretraining, drawn and trained at another size than the input: its backbone
+  differs from the initialisation and is the frozen backbone of the TL checkpoint."""
+  config = dataclasses.replace(_config(data_dir), epochs_ft=0, pretrain_epochs=1,
+                               pretrain_examples=32, pretrain_image_size=48).validate()
+  workdir = tmp_path / "pretrained"
+  jd.train.train(config, workdir, progress=False)
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records if r["kind"] == "pretrain"] == [1]
+  pretrained = _variables(workdir, "pretrain")
+  tl = _variables(workdir, "tl")
+  init_key = jax.random.split(jax.random.key(config.seed), 4)[0]
+  initial = state_lib.flatten(jd.models.pretrained(config.model_arch, 5, "none", key=init_key,
+                                                   input_size=config.input_size))
+  backbone = [p for p in pretrained if "predictions" not in p]
+  assert backbone and all(np.array_equal(pretrained[p], tl[p]) for p in backbone)
+  assert any(not np.array_equal(pretrained[p], initial[p]) for p in backbone
+             if p[0] == "params")
+  with pytest.raises(ValueError, match="pretrain_image_size 16 is below the minimum"):
+    dataclasses.replace(config, pretrain_image_size=16).validate()

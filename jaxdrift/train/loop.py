@@ -214,7 +214,7 @@ def _initial_variables(run: _Run, init_key, pretrain_key) -> dict:
 
     dtype = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
     variables = pretrain_lib.pretrain_backbone(
-        variables, arch=c.model_arch, image_size=c.input_size,
+        variables, arch=c.model_arch, image_size=c.pretrain_image_size or c.input_size,
         num_examples=c.pretrain_examples, epochs=c.pretrain_epochs,
         learning_rate=c.pretrain_lr, batch_size=c.batch_size, key=pretrain_key, seed=c.seed,
         mesh=run.mesh, dtype=dtype, on_epoch=on_epoch)
