@@ -200,9 +200,10 @@ def read_config(workdir) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract_variables(model_arch: str, num_classes: int, size: int) -> dict:
-  """Shapes of a model's variables (tracing an InceptionV3 takes a second; the drift stage
-  loads every epoch's checkpoint)."""
+def abstract_variables(model_arch: str, num_classes: int, size: int) -> dict:
+  """Shapes of a model's {"params", "batch_stats"}, traced once per architecture and size
+  (tracing an InceptionV3 takes a second; the drift stage loads every epoch's checkpoint).
+  Do not modify the returned tree: it is shared."""
   model = models.create(model_arch, num_classes)
   return jax.eval_shape(lambda: model.init(
       jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False))
@@ -232,7 +233,7 @@ def load_checkpoint(workdir, which="ft", *, arch: str | None = None):
                           f"(paper arch {config['arch']!r}), not {arch!r}")
   model = models.create(config["model_arch"], config["num_classes"],
                         dropout_rate=config.get("dropout_rate", 0.0))
-  abstract = _abstract_variables(config["model_arch"], config["num_classes"],
+  abstract = abstract_variables(config["model_arch"], config["num_classes"],
                                  config["input_size"])
   if isinstance(which, str):
     variables, _ = restore_named(workdir, which, abstract)

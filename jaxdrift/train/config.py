@@ -130,13 +130,12 @@ class TrainConfig:
     if self.arch not in models.ARCHS:
       raise ValueError(f"unknown architecture {self.arch!r}; expected one of "
                        f"{', '.join(models.ARCHS)}")
-    if self.input_size < models.spec(self.model_arch).min_size:
-      raise ValueError(f"image_size {self.input_size} is below the minimum "
-                       f"{models.spec(self.model_arch).min_size} of {self.model_arch}")
-    if (self.pretrain_image_size is not None
-        and self.pretrain_image_size < models.spec(self.model_arch).min_size):
-      raise ValueError(f"pretrain_image_size {self.pretrain_image_size} is below the minimum "
-                       f"{models.spec(self.model_arch).min_size} of {self.model_arch}")
+    min_size = models.spec(self.model_arch).min_size
+    for name, size in (("image_size", self.input_size),
+                       ("pretrain_image_size", self.pretrain_image_size)):
+      if size is not None and size < min_size:
+        raise ValueError(f"{name} {size} is below the minimum {min_size} of "
+                         f"{self.model_arch}")
     if self.schedule not in ("constant", "cosine"):
       raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
     if self.dtype not in DTYPES:

@@ -134,10 +134,7 @@ class _Run:
   def abstract_variables(self) -> dict:
     """Shapes of {"params", "batch_stats"}, replicated on the mesh (restore template)."""
     c = self.config
-    model = models.create(c.model_arch, self.num_classes)
-    x = jax.ShapeDtypeStruct((1, c.input_size, c.input_size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape),
-                                               train=False))
+    shapes = ckpt.abstract_variables(c.model_arch, self.num_classes, c.input_size)
     sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                         dict(shapes))
