@@ -16,7 +16,7 @@ epochs nor head. The `paper` preset is jaxdrift's documented choice where it is 
   (arXiv 2604.08502) reports for the same three backbones;
 * batch 32, constant learning rates, no weight decay, no early stopping, float32.
 
-`demo` runs all three architectures on a 2-core CPU in about 5 to 11 minutes (two worker
+`demo` runs all three architectures on a 2-core CPU in about 6.5 to 11 minutes (two worker
 processes; see the README): the REDUCED variant of the backbone (`jd.models.TINY[arch]`,
 named as such in config.json), 1200 training phantoms drawn at 160 px and fed at 160 / 224 /
 235 px to DenseNet201 / ResNet50V2 / InceptionV3 (`DEMO_INPUT_SIZES`: 5x5 / 7x7 / 6x6 maps at
