@@ -31,8 +31,6 @@ def check_distinct(workdirs, usage_error) -> None:
 
 
 def run(args, usage_error) -> int:
-  from jaxdrift import report
-
   check_distinct(args.workdir, usage_error)
   for workdir in args.workdir:
     if not os.path.isdir(workdir):
@@ -41,6 +39,8 @@ def run(args, usage_error) -> int:
   if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
     raise usage_error(f"--out must be a directory, found a file at {args.out}; pass a "
                       "directory path (it is created)")
+  from jaxdrift import report
+
   paths = report.build_report(args.workdir, args.out)
   print(f"wrote {paths['report']} and {len(paths['figures'])} figures")
   return 0
