@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,18 +13,43 @@ from PIL import Image
 
 import jaxdrift as jd
 from jaxdrift.study import results
+from tests import cli_install
 
 ARCHS = ("densenet201", "resnet50v2", "inceptionv3")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+  """The smoke pipeline through the command line, run from a folder outside the checkout:
+  the `jaxdrift` of a non-editable install (tests/cli_install.py) where this Python can
+  build one, else `python -m jaxdrift`. Its stderr is kept in out["stderr"]."""
   root = tmp_path_factory.mktemp("smoke")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
+  if cli_install.can_build_wheels() is None:
+    command, env = [str(cli_install.installed_jaxdrift())], cli_install.outside_env()
+  else:
+    command, env = [sys.executable, "-m", "jaxdrift"], dict(os.environ,
+                                                            PYTHONPATH=str(cli_install.ROOT))
   # Two worker processes (the default on a 2-core CPU), whatever this machine has.
-  out = jd.study.run_pipeline("smoke", archs=ARCHS, root=root, data_dir=data_dir,
-                              progress=False, workers=2)
+  done = subprocess.run([*command, "pipeline", "--preset", "smoke", "--root", str(root),
+                         "--data-dir", data_dir, "--workers", "2"],
+                        cwd=tmp_path_factory.mktemp("elsewhere"), env=env,
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  report = root / "report" / "report.md"
+  out = {"report": report, "workdirs": [root / a for a in ARCHS],
+         "timings": json.loads((root / "timings.json").read_text()),
+         "figures": results.read_json(report.with_suffix(".json"))["figures"],
+         "stdout": done.stdout, "stderr": done.stderr}
   return root, data_dir, out
+
+
+def test_command_line_shows_no_library_chatter(run):
+  out = run[2]
+  for noise in ("WARNING:absl", "Using custom data configuration", "Shuffling",
+                "OpenCV is not installed", "Generating splits", "Traceback"):
+    assert noise not in out["stderr"], noise
+  assert out["stdout"].splitlines()[-1] == f"report: {out['report']}"
 
 
 def test_every_report_cell_equals_the_csv_aggregate(run):

@@ -116,7 +116,7 @@ def test_workdir_of_another_architecture_is_refused(cli_run, data_dir, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(["--arch", "densenet201", "--preset", "smoke", "--data-dir", str(data_dir),
               "--workdir", str(cli_run), "--no-progress"])
-  assert e.value.code == 1
+  assert e.value.code == 2  # a user's mistake: one line, exit 2
   err = capsys.readouterr().err
   assert "resnetv2_tiny" in err and "densenet_tiny" in err and "--workdir" in err
   with pytest.raises(jd.train.WorkdirError, match="other settings.*seed"):

@@ -276,4 +276,24 @@ def stratified_split(files_by_class: dict, fractions: dict, seed: int) -> dict:
     bounds = np.rint(np.cumsum([0.0] + list(fractions.values())) * len(files)).astype(int)
     for (split, _), lo, hi in zip(fractions.items(), bounds[:-1], bounds[1:]):
       out[split][cls] = sorted(files[i] for i in order[lo:hi])
+  empty = [s for s, f in fractions.items() if f > 0 and not any(out[s].values())]
+  if empty:
+    counts = ", ".join(f"{cls}: {len(files)}" for cls, files in sorted(files_by_class.items()))
+    raise LayoutError(
+        f"the stratified {'/'.join(f'{f:g}' for f in fractions.values())} split of "
+        f"{'/'.join(fractions)} needs an image in every split, found too few images per "
+        f"class ({counts}), which leaves {' and '.join(empty)} empty; a class needs at least "
+        f"{_min_class_size(fractions)} images. Add images, or lay the data out in split "
+        "folders (train/, val/, test/).")
   return out
+
+
+def _min_class_size(fractions: dict) -> int:
+  """The fewest files of one class that `stratified_split` spreads over every split."""
+  cuts = np.cumsum([0.0] + list(fractions.values()))
+  wanted = np.array([f > 0 for f in fractions.values()])
+  for n in range(1, 100_000):
+    bounds = np.rint(cuts * n).astype(int)
+    if np.all(np.diff(bounds)[wanted] > 0):
+      return n
+  raise ValueError(f"split fractions {fractions} leave a split empty for any class size")

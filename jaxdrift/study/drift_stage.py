@@ -26,7 +26,10 @@ game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size
 """
 
 import dataclasses
+import math
+import numbers
 import pathlib
+import re
 
 import flax.linen as nn
 import jax
@@ -76,8 +79,42 @@ class DriftConfig:
   pointing_tolerance: float = 15 / 224
 
   def __post_init__(self):
+    """Raises ValueError naming a bad field, what it must be and what it is."""
     if self.grid not in ("network", "half_pixel"):
       raise ValueError(f"grid must be 'network' or 'half_pixel', got {self.grid!r}")
+    for name, known in (("methods", cam.METHODS), ("layers", None)):
+      values = getattr(self, name)
+      if isinstance(values, str) or not values or not all(
+          isinstance(v, str) and v for v in values):
+        raise ValueError(f"{name} must be a non-empty sequence of names, got {values!r}")
+      unknown = [v for v in values if known is not None and v not in known]
+      if unknown:
+        raise ValueError(f"unknown {name} {unknown}; expected names from {', '.join(known)}")
+      if len(set(values)) < len(values):
+        raise ValueError(f"{name} must name each entry once, got {list(values)}; drop the "
+                         "repeated ones")
+    for name, choices in (("selection", tuple(_SELECTION_NEEDS)), ("epochs", ("final", "all"))):
+      if getattr(self, name) not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+    match = _SPLIT.fullmatch(self.split) if isinstance(self.split, str) else None
+    if match is None or match.group(1) not in _SPLITS:
+      raise ValueError(f"split must be one of {', '.join(_SPLITS)}, optionally sliced as in "
+                       f"TFDS (e.g. 'test[:50]'), got {self.split!r}")
+    for name, minimum in (("batch_size", 1), ("null_samples", 1), ("examples_per_class", 0),
+                          ("seed", 0)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    for name, high in (("perturbation_sigma", math.inf), ("pointing_tolerance", 1.0)):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+          or not math.isfinite(value) or not 0.0 <= value <= high):
+        bound = "a finite number >= 0" if high == math.inf else f"a number in [0, {high:g}]"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+_SPLITS = ("train", "validation", "val", "test")
+_SPLIT = re.compile(r"(\w+)(\[[^\[\]]*\])?")
 
 
 _SELECTION_NEEDS = {"both": "both checkpoints", "tl": "the TL checkpoint",

@@ -36,7 +36,7 @@ import traceback
 
 import tqdm
 
-from jaxdrift import models, report, train
+from jaxdrift import _console, models, report, train
 from jaxdrift.study.drift_stage import DriftConfig, drift_done, run_drift
 
 DRIFT_PRESETS = {
@@ -86,6 +86,7 @@ def _exit_with_parent(parent: int) -> None:
 def _worker(arch, config, workdir, drift, data_dir, events, parent) -> None:
   """A worker process: one architecture's stages; reports progress and the outcome."""
   _exit_with_parent(parent)
+  _console.worker_setup()  # the parent's quiet setting; Ctrl-C is the parent's to handle
   import jax  # the parent may not have started JAX; each worker starts its own
 
   compile_s = [0.0]
@@ -203,6 +204,30 @@ def default_workers(pending: int) -> int:
   return max(1, min(pending, cores or 1))
 
 
+def _check_arguments(preset, archs, workers) -> tuple:
+  """Raises ValueError for an unknown preset or architecture, an architecture named twice
+  (it would be counted twice in the report) or fewer than one worker; returns the archs."""
+  if preset not in DRIFT_PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(DRIFT_PRESETS)}")
+  if isinstance(archs, str):
+    archs = (archs,)
+  archs = tuple(archs)
+  unknown = [a for a in archs if a not in models.ARCHS]
+  if not archs or unknown:
+    raise ValueError(f"archs must name paper architectures ({', '.join(models.ARCHS)}), got "
+                     f"{list(archs)}; fix or drop {unknown or 'nothing: name at least one'}")
+  repeated = sorted({a for a in archs if archs.count(a) > 1})
+  if repeated:
+    raise ValueError(f"archs must name each architecture once, got {repeated} more than once "
+                     f"in {list(archs)}; each would be counted twice in the report, drop the "
+                     "repeats")
+  if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                              or workers < 1):
+    raise ValueError(f"workers must be an integer >= 1 (or None for the default), got "
+                     f"{workers!r}; pass e.g. 1 to run the architectures one after the other")
+  return archs
+
+
 def run_pipeline(preset: str = "demo", *, archs=models.ARCHS, root=None, data=None,
                  data_dir=None, drift: DriftConfig | None = None, progress: bool = True,
                  workers: int | None = None, **train_overrides) -> dict:
@@ -226,6 +251,7 @@ def run_pipeline(preset: str = "demo", *, archs=models.ARCHS, root=None, data=No
     {"report": path of report.md, "workdirs": [...], "figures": {...}, "timings": {arch:
     {stage: seconds, ...}, "data": s, "report": s, "total": s, "workers": n}}.
   """
+  archs = _check_arguments(preset, archs, workers)
   start_all = time.perf_counter()
   root = pathlib.Path(root or f"runs/{preset}")
   drift = drift or DRIFT_PRESETS[preset]

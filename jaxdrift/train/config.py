@@ -34,6 +34,8 @@ averages of a short epoch lag the weights).
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Any
 
 from jaxdrift import models
@@ -126,10 +128,18 @@ class TrainConfig:
     return self.image_size or models.default_input_size(self.model_arch)
 
   def validate(self) -> "TrainConfig":
-    """Raises ValueError naming the bad field; returns self."""
+    """Raises ValueError naming the bad field, what it must be and what it is; returns self.
+
+    Learning rates must be finite and positive; weight decay, label smoothing and
+    dropout finite and in range; sizes and counts integers, positive where zero means
+    nothing (batch sizes, pretraining images) and non-negative where zero means "off"
+    (epochs of one phase, early stopping, the step cap, precise-BN batches).
+    """
     if self.arch not in models.ARCHS:
       raise ValueError(f"unknown architecture {self.arch!r}; expected one of "
                        f"{', '.join(models.ARCHS)}")
+    _check_int(self, "image_size", 1, optional=True)
+    _check_int(self, "pretrain_image_size", 1, optional=True)
     min_size = models.spec(self.model_arch).min_size
     for name, size in (("image_size", self.input_size),
                        ("pretrain_image_size", self.pretrain_image_size)):
@@ -140,13 +150,33 @@ class TrainConfig:
       raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-    for name in ("batch_size", "epochs_tl", "epochs_ft"):
-      if getattr(self, name) < (1 if name == "batch_size" else 0):
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    for name in ("batch_size", "pretrain_examples"):
+      _check_int(self, name, 1)
+    _check_int(self, "eval_batch_size", 1, optional=True)
+    for name in ("epochs_tl", "epochs_ft", "early_stopping", "max_steps_per_epoch",
+                 "precise_bn_batches", "pretrain_epochs"):
+      _check_int(self, name, 0)
+    _check_int(self, "seed", 0)
     if self.epochs_tl + self.epochs_ft == 0:
-      raise ValueError("epochs_tl + epochs_ft is 0: nothing to train")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+      raise ValueError("epochs_tl + epochs_ft is 0: nothing to train; set one of them to at "
+                       "least 1")
+    for name in ("lr_tl", "lr_ft", "pretrain_lr"):
+      value = getattr(self, name)
+      if not _is_real(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite learning rate above 0, got {value!r}; "
+                         "pass e.g. 1e-3")
+    for name, low, high in (("dropout_rate", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+      value = getattr(self, name)
+      if not _is_real(value) or not low <= value < high:
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}), got {value!r}")
+    if not _is_real(self.weight_decay) or not 0.0 <= self.weight_decay < math.inf:
+      raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+    for name in ("reduced", "ft_train_bn", "augment"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+    for name in ("data", "weights"):
+      if not isinstance(getattr(self, name), str) or not getattr(self, name):
+        raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
     return self
 
   def to_json(self) -> dict[str, Any]:
@@ -158,6 +188,20 @@ class TrainConfig:
   def from_json(cls, d: dict) -> "TrainConfig":
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_int(config, name: str, minimum: int, *, optional: bool = False) -> None:
+  """Raises ValueError unless config.<name> is an integer >= minimum (or None if optional)."""
+  value = getattr(config, name)
+  if optional and value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
 
 
 def preset(name: str, arch: str = "inceptionv3", **overrides) -> TrainConfig:

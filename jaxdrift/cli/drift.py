@@ -1,0 +1,74 @@
+"""Drift stage: maps of the TL and FT checkpoints, every drift metric, nulls, localisation.
+
+    jaxdrift drift --workdir runs/resnet50v2 [--methods layercam,gradcam++]
+        [--layers canonical,last_conv|NAMES] [--select both|ft|tl|all] [--epochs final|all]
+        [--split test]
+
+Writes DIR/drift/ (see jaxdrift.study.drift_stage); a rerun with the same options does
+nothing. Every option is checked (`jaxdrift.study.DriftConfig`) before anything is read or
+written.
+"""
+
+import os
+
+HELP = "attribution maps of both checkpoints and their drift metrics"
+USES_DATA = True
+
+
+def add_arguments(p) -> None:
+  # The defaults equal DriftConfig()'s (tested), written out so that --help stays instant.
+  p.add_argument("--workdir", required=True, help="a training run's directory")
+  p.add_argument("--methods", default="layercam,gradcam++",
+                 help="comma-separated attribution methods (jaxdrift.cam.METHODS) "
+                      "(default: %(default)s)")
+  p.add_argument("--layers", default="canonical",
+                 help="comma-separated: canonical (last feature map), last_conv, or Keras "
+                      "layer names (default: %(default)s)")
+  p.add_argument("--select", default="both", choices=["both", "ft", "tl", "all"],
+                 help="samples in the statistics: true class predicted by both checkpoints, "
+                      "by FT, by TL, or all (default: %(default)s)")
+  p.add_argument("--epochs", default="final", choices=["final", "all"],
+                 help="final: TL vs FT; all: also every per-epoch checkpoint "
+                      "(default: %(default)s)")
+  p.add_argument("--split", default="test",
+                 help="dataset split: train, validation or test, optionally sliced as in "
+                      "TFDS, e.g. test[:50] (default: %(default)s)")
+  p.add_argument("--batch-size", type=int, default=16,
+                 help="images per batch (default: %(default)s)")
+  p.add_argument("--null-samples", type=int, default=64,
+                 help="images for the perturbation and random-head nulls "
+                      "(default: %(default)s)")
+  p.add_argument("--grid", default="network", choices=["network", "half_pixel"],
+                 help="where a map's cells sit on the image: at their receptive fields' "
+                      "centres (network) or at half-pixel centres like cv2.resize "
+                      "(default: %(default)s)")
+  p.add_argument("--pointing-tolerance", type=float, default=15 / 224,
+                 help="pointing-game tolerance as a fraction of the image size, in [0, 1] "
+                      "(phantoms; default: 15/224)")
+  p.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of nulls and bootstrap (default: %(default)s)")
+
+
+def config(args):
+  """The DriftConfig of parsed arguments (raises ValueError for a bad option)."""
+  from jaxdrift import study
+
+  return study.DriftConfig(
+      methods=tuple(args.methods.split(",")), layers=tuple(args.layers.split(",")),
+      selection=args.select, epochs=args.epochs, split=args.split,
+      batch_size=args.batch_size, null_samples=args.null_samples, seed=args.seed,
+      grid=args.grid, pointing_tolerance=args.pointing_tolerance)
+
+
+def run(args, usage_error) -> int:
+  from jaxdrift import study
+
+  drift_config = config(args)
+  if not os.path.isdir(args.workdir):
+    raise usage_error(f"--workdir must be a training run's directory, found "
+                      f"{'a file' if os.path.exists(args.workdir) else 'nothing'} at "
+                      f"{args.workdir}; run `jaxdrift train` first or fix the path")
+  paths = study.run_drift(args.workdir, drift_config, data_dir=args.data_dir)
+  print(("already done: " if paths["skipped"] else "wrote ") + str(paths["samples"]))
+  return 0
