@@ -79,3 +79,141 @@ def test_summary_of_nan_model_says_training_diverged():
   text = loop.summary_table(summary)
   assert "training diverged (tl:" in text
   assert "0.900" not in text and "nan" in text
+
+
+# Item 7: a metric undefined for a pair is NaN and counted as undefined for that metric only.
+
+
+@pytest.fixture(scope="module")
+def four_pairs():
+  """TL / FT maps [4, 4, 4]: finite maps whose sums overflow float32, a constant TL map, an
+  ordinary pair and an all-zero (invalid) TL map; and their `drift`."""
+  a = np.zeros((4, 4, 4), np.float32)
+  b = np.zeros((4, 4, 4), np.float32)
+  a[0, 0, 0] = a[0, 0, 1] = 3e38  # centre of mass (0, 0.5)
+  b[0, 3, 3] = b[0, 3, 2] = 3e38  # with (0, 0): centre (18/7, 15/7)
+  b[0, 0, 0] = 1e38
+  a[1] = 1.0
+  b[1, 1, 2] = 1.0
+  a[2, 1, 1], b[2, 2, 1], b[2, 0, 0] = 2.0, 1.0, 0.5
+  b[3, 2, 2] = 1.0
+  import jaxdrift as jd
+  return a, b, {k: np.asarray(v) for k, v in jd.metrics.drift(a, b).items()}
+
+
+def test_maps_whose_sum_overflows_give_finite_metrics(four_pairs):
+  _, _, out = four_pairs
+  assert out["valid"][0]
+  row, col = 18 / 7, 15 / 7 - 0.5
+  assert out["displacement"][0] == pytest.approx(np.hypot(row, col) / np.sqrt(32), rel=1e-5)
+  import jaxdrift as jd
+  for name in jd.metrics.PAIR_METRICS:
+    assert np.isfinite(out[name][0]), name
+
+
+def test_constant_map_is_valid_but_undefined_for_correlations_only(four_pairs):
+  _, _, out = four_pairs
+  assert out["valid"][1]
+  assert np.isnan(out["pearson"][1]) and np.isnan(out["spearman"][1])
+  assert np.isfinite(out["displacement"][1]) and np.isfinite(out["iou"][1])
+
+
+def test_one_by_one_maps_are_undefined_for_correlations_and_entropy():
+  import jaxdrift as jd
+  out = jd.metrics.drift(np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 3.0))
+  assert bool(out["valid"][0]) and float(out["displacement"][0]) == 0.0
+  for name in ("pearson", "spearman", "entropy_change"):
+    assert np.isnan(out[name][0]), name
+
+
+def test_report_cell_n_is_the_number_of_pairs_it_averages(four_pairs):
+  from jaxdrift.metrics import stats
+  from jaxdrift.report import tables
+  _, _, out = four_pairs
+  labels = np.zeros(4, int)
+  table = stats.make_table(out, arch="resnet50v2", method="layercam", label=labels,
+                           tl_pred=labels, ft_pred=labels)
+  metrics = ["displacement", "pearson"]
+  summary = stats.summarize(table, metrics=metrics, selection="all", per_class=False)
+  md, cells = tables.drift_table(summary, metrics)
+  header, _, row = md.splitlines()
+  assert header.split(" | ")[2:6] == ["selected", "invalid TL", "invalid FT", "n"]
+  values = row.strip("| ").split(" | ")
+  assert values[2:6] == ["4", "1", "0", "3"]  # pair 3's TL map is all zero
+  assert "(n=" not in values[6] and values[7].endswith("(n=2)")  # the constant map
+  for cell in cells:
+    finite = table[cell["metric"]][np.isfinite(table[cell["metric"]])]
+    assert cell["n"] == finite.size and cell["mean"] == pytest.approx(finite.mean())
+    assert cell["n_valid"] - cell["n"] == cell["n_undefined"]
+
+
+# Item 5: malformed result files end in one ResultFileError and nothing written.
+
+
+def _good_workdir(root):
+  """A workdir with a small, well-formed drift stage output (4 samples, 2 metrics)."""
+  from jaxdrift.study import results
+  workdir = root / "resnet50v2"
+  n = 4
+  table = {"arch": np.full(n, "resnet50v2", object), "method": np.full(n, "layercam", object),
+           "layer": np.full(n, "post_relu", object),
+           "layer_spec": np.full(n, "canonical", object), "image": np.arange(n),
+           "id": np.array(["a", "b", "c", "d"], object), "label": np.array([0, 1, 0, 1]),
+           "tl_pred": np.array([0, 1, 0, 1]), "ft_pred": np.array([0, 1, 0, 1]),
+           "valid": np.ones(n, bool), "valid_a": np.ones(n, bool), "valid_b": np.ones(n, bool),
+           "displacement": np.array([0.1, 0.2, 0.3, 0.25]),
+           "pearson": np.array([0.5, np.nan, 0.7, 0.1])}
+  results.write_table(table, workdir / "drift" / "samples.csv")
+  results.write_json({"arch": "resnet50v2", "model_arch": "resnetv2_tiny",
+                      "config": {"selection": "both", "seed": 0}, "class_names": ["a", "b"],
+                      "layers": {"canonical": "post_relu"}, "classification": {}},
+                     workdir / "drift" / "aggregates.json")
+  return workdir
+
+
+def _damage(path, how):
+  data = path.read_bytes()
+  if how == "truncated_mid_row":
+    path.write_bytes(data[:-7])
+  elif how == "empty":
+    path.write_bytes(b"")
+  elif how == "text_in_metric_column":
+    path.write_bytes(data.replace(b"0.25", b"high"))
+  elif how == "binary":
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256)))
+  elif how == "header_only":
+    path.write_bytes(data.splitlines(keepends=True)[0])
+  elif how == "broken_json":
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_well_formed_result_files_load(tmp_path):
+  from jaxdrift import report
+  run, = report.load_runs([_good_workdir(tmp_path)])
+  assert run["table"]["pearson"].dtype == np.float64 and run["table"]["valid"].dtype == bool
+  assert np.isnan(run["table"]["pearson"][1]) and run["config"]["selection"] == "both"
+
+
+@pytest.mark.parametrize("file, how, found", [
+    ("samples.csv", "truncated_mid_row", "cut off"),
+    ("samples.csv", "empty", "an empty file"),
+    ("samples.csv", "text_in_metric_column", "'high' in row 5"),
+    ("samples.csv", "binary", "binary data"),
+    ("samples.csv", "header_only", "a header and no rows"),
+    ("aggregates.json", "broken_json", "invalid JSON"),
+    ("aggregates.json", "empty", "an empty file"),
+    ("aggregates.json", "binary", "binary data"),
+])
+def test_report_on_malformed_result_file_raises_one_clear_error(tmp_path, file, how, found):
+  from jaxdrift import report
+  from jaxdrift.study import results
+  workdir = _good_workdir(tmp_path)
+  path = workdir / "drift" / file
+  _damage(path, how)
+  out_dir = tmp_path / "report"
+  with pytest.raises(results.ResultFileError) as info:
+    report.build_report([workdir], out_dir)
+  message = str(info.value)
+  assert message.startswith(f"{path}: expected ") and found in message
+  assert "Rerun the drift stage for this workdir" in message and str(workdir) in message
+  assert not out_dir.exists()  # nothing written, not even an empty figures/
