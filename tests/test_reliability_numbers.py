@@ -217,3 +217,65 @@ def test_report_on_malformed_result_file_raises_one_clear_error(tmp_path, file, 
   assert message.startswith(f"{path}: expected ") and found in message
   assert "Rerun the drift stage for this workdir" in message and str(workdir) in message
   assert not out_dir.exists()  # nothing written, not even an empty figures/
+
+
+# Item 12: weight files and model inputs that used to fail late or not at all.
+
+
+def _official_h5(path, kernel, layer="conv1_conv"):
+  """A minimal file in the keras.applications layout: one layer with one weight."""
+  import h5py
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = np.array([layer.encode()])
+    group = f.create_group(layer)
+    group.create_dataset(f"{layer}/kernel:0", data=kernel)
+    group.attrs["weight_names"] = np.array([f"{layer}/kernel:0".encode()])
+  return path
+
+
+def test_string_typed_tensor_names_dataset_and_type(tmp_path):
+  import jaxdrift as jd
+  path = _official_h5(tmp_path / "s.h5", np.array([b"not", b"weights"]))
+  with pytest.raises(jd.models.WeightFileError, match=r"dataset /conv1_conv/conv1_conv/"
+                     r"kernel:0 holds \|S7 \(strings\), expected float weights"):
+    jd.models.read_keras_h5(path)
+
+
+def test_nan_and_inf_weights_are_named(tmp_path):
+  import jaxdrift as jd
+  kernel = np.ones((3, 3, 3, 4), np.float32)
+  kernel[0, 0, 0, :2] = np.nan
+  kernel[1, 1, 1, 1] = np.inf
+  path = _official_h5(tmp_path / "n.h5", kernel)
+  with pytest.raises(jd.models.WeightFileError,
+                     match=r"1 weight tensor\(s\) hold NaN or Inf values: "
+                           r"conv1_conv/conv1_conv/kernel:0 \(3 of 108\)"):
+    jd.models.read_keras_h5(path)
+
+
+def test_keras3_weights_h5_file_names_the_format(tmp_path):
+  import h5py
+  import jaxdrift as jd
+  path = tmp_path / "model.weights.h5"
+  with h5py.File(path, "w") as f:  # Keras 3 save_weights: layers/<name>/vars/<i>
+    f.create_dataset("layers/conv1_conv/vars/0", data=np.ones((7, 7, 3, 8), np.float32))
+    f.create_dataset("layers/conv1_conv/vars/1", data=np.zeros((8,), np.float32))
+    f.create_group("optimizer/vars")
+  with pytest.raises(jd.models.WeightFileError,
+                     match=r"Keras 3 weights file .*save_weights.*model\.save\('x\.h5'\)"):
+    jd.models.read_keras_h5(path)
+
+
+@pytest.mark.parametrize("arch, shape, message", [
+    ("resnetv2_tiny", (1, 64, 64, 1), r"expects preprocessed RGB images \[B, H, W, 3\], got "
+                                      r"shape \(1, 64, 64, 1\); convert grayscale"),
+    ("resnetv2_tiny", (1, 16, 16, 3), r"at least 32x32 pixels \(as Keras\), got 16x16"),
+    ("inceptionv3_tiny", (1, 64, 64, 3), r"at least 75x75 pixels \(as Keras\), got 64x64"),
+    ("densenet_tiny", (64, 64, 3), r"got shape \(64, 64, 3\)"),
+])
+def test_bad_model_input_shape_is_a_clear_value_error(arch, shape, message):
+  import jaxdrift as jd
+  model = jd.models.create(arch, num_classes=3)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
