@@ -1,9 +1,13 @@
 """Drift metrics of ONE pair of attribution maps (a = TL checkpoint, b = FT checkpoint), and
 `drift`, which computes all of them for a batch of pairs in one jitted call.
 
-Definitions are FACTS.md s.5. Every function takes maps [H, W] of the same shape, is pure,
+Definitions are docs/metrics.md. Every function takes maps [H, W] of the same shape, is pure,
 jittable and vmappable, and returns NaN when either map is invalid (not all finite, or sum
-<= 0). Correlations are also NaN when a map is constant (zero variance).
+<= 0). A metric can also be undefined for a valid pair: correlations of a constant map (zero
+variance; every 1x1 map). It is then NaN for that metric alone, and the statistics count it
+as undefined for that metric (`jaxdrift.metrics.stats.describe`: n counts finite values).
+Every metric is scale-invariant, so both maps are first rescaled by a power of two
+(`maps.rescaled`, exact): maps whose sum overflows float32 still give finite metrics.
 """
 
 import dataclasses
@@ -40,7 +44,7 @@ def _as_pair(a, b):
   if a.ndim != 2 or a.shape != b.shape:
     raise ValueError(f"expected two maps [H, W] of the same shape, got {a.shape} and "
                      f"{b.shape}; batch with jax.vmap or use jd.metrics.drift")
-  return a, b
+  return maps_lib.rescaled(a), maps_lib.rescaled(b)
 
 
 def _diagonal(shape):

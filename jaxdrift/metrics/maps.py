@@ -5,6 +5,11 @@ A map is valid when all its values are finite and its sum is > 0. Every quantity
 invalid map is NaN. Maps are expected to be non-negative (CAMs are ReLU'd); a map with
 negative values but a positive sum counts as valid, and its distribution-based quantities
 (entropy, concentration) are then not meaningful.
+
+Every quantity here is scale-invariant, so each function first multiplies the map by the
+power of two that brings its largest |value| into [0.5, 1) (`rescaled`). That is exact (no
+rounding: results are bit-identical to the unscaled ones) and keeps finite maps whose sum
+overflows float32 (values near 3e38) finite and meaningful instead of inf / inf = NaN.
 """
 
 import math
@@ -26,9 +31,26 @@ def top_k_count(q, n):
   return min(max(int(math.ceil(round(q * n, 9))), 1), n)
 
 
+def rescaled(m):
+  """m [H, W] times 2^-e, e the exponent of max |m| (max |m| then lies in [0.5, 1)).
+
+  Exact unless a value falls below float32's normal range after scaling; maps with a
+  non-finite value or all zeros come back unchanged (so validity is preserved).
+  """
+  m = jnp.asarray(m, jnp.float32)
+  top = jnp.max(jnp.abs(m))
+  _, exponent = jnp.frexp(top)
+  exponent = jnp.where(jnp.isfinite(top) & (top > 0), exponent, 0)
+  # Two normal factors 2^-(e//2) and 2^-(e - e//2): one factor 2^-e can be subnormal (e up to
+  # 128), which XLA's CPU backend flushes to zero.
+  half = exponent // 2
+  one = jnp.float32(1.0)
+  return m * jnp.ldexp(one, -half) * jnp.ldexp(one, half - exponent)
+
+
 def is_valid(m):
   """True when all values of m [H, W] are finite and its sum is > 0 (scalar bool)."""
-  m = jnp.asarray(m, jnp.float32)
+  m = rescaled(m)
   return jnp.all(jnp.isfinite(m)) & (fsum(m) > 0)
 
 
@@ -48,7 +70,7 @@ def centroid(m):
   Returns:
     [2] float32 (row, col); NaN for an invalid map.
   """
-  m = jnp.asarray(m, jnp.float32)
+  m = rescaled(m)
   total = fsum(m)
   rows, cols = _grid(m.shape)
   c = jnp.stack([fsum(m * rows), fsum(m * cols)]) / total
@@ -76,7 +98,7 @@ def concentration(m, q=0.1, method="auto"):
 
   Uniform maps give q (up to rounding of k), a single-pixel map gives 1. NaN if invalid.
   """
-  m = jnp.asarray(m, jnp.float32)
+  m = rescaled(m)
   k = top_k_count(q, m.size)
   top = order.top_values(m.ravel(), k, method)
   return _nan_unless(is_valid(m), _concentration_from_top(top, fsum(m), k))
@@ -87,7 +109,7 @@ def entropy(m):
 
   1 for a uniform map, 0 for a single-pixel map; NaN if invalid (or for N = 1).
   """
-  m = jnp.asarray(m, jnp.float32)
+  m = rescaled(m)
   p = m / fsum(m)
   safe = jnp.where(p > 0, p, 1.0)
   h = -fsum(jnp.where(p > 0, p * jnp.log(safe), 0.0)) / jnp.float32(math.log(m.size))
@@ -108,7 +130,7 @@ def gini(m, method="auto"):
 
   0 for a uniform map, (N - 1) / N for a single-pixel map; NaN if invalid.
   """
-  m = jnp.asarray(m, jnp.float32)
+  m = rescaled(m)
   values = order.sorted_values(m.ravel(), method)
   return _nan_unless(is_valid(m), _gini_from_sorted(values, fsum(m)))
 

@@ -138,11 +138,15 @@ def _selected(table, selection):
 def summarize(table, metrics=None, selection="both", n_boot=1000, ci=0.95, seed=0,
               per_class=True):
   """Per (arch, method, class) and pooled per (arch, method) (class "all"), per metric:
-  n_selected, n_invalid_tl, n_invalid_ft, and `describe` of the metric over the selected
-  samples. Returns a list of row dicts, each with "selection"."""
+  n_selected, n_invalid_tl, n_invalid_ft, n_valid (selected pairs with both maps valid), and
+  `describe` of the metric over the selected samples: its n counts the finite values the
+  statistics average (at most n_valid: a metric can be undefined for a valid pair, e.g. the
+  correlation of a constant map). Returns a list of row dicts, each with "selection"."""
   metrics = metric_names(table) if metrics is None else list(metrics)
   keep = _selected(table, selection)
   labels = table["label"] if "label" in table else np.full(keep.shape, "all", object)
+  valid = (np.asarray(table["valid"], bool) if "valid" in table
+           else np.asarray(table["valid_a"], bool) & np.asarray(table["valid_b"], bool))
   rows = []
   for arch, method in sorted(set(zip(table["arch"][keep], table["method"][keep]))):
     in_group = keep & (table["arch"] == arch) & (table["method"] == method)
@@ -153,7 +157,8 @@ def summarize(table, metrics=None, selection="both", n_boot=1000, ci=0.95, seed=
       base = dict(arch=arch, method=method, cls=cls, selection=selection,
                   n_selected=int(rows_mask.sum()),
                   n_invalid_tl=int((~table["valid_a"][rows_mask]).sum()),
-                  n_invalid_ft=int((~table["valid_b"][rows_mask]).sum()))
+                  n_invalid_ft=int((~table["valid_b"][rows_mask]).sum()),
+                  n_valid=int(valid[rows_mask].sum()))
       for metric in metrics:
         key = (arch, method, str(cls), metric)
         stats = describe(table[metric][rows_mask], n_boot, ci, _rng(seed, key))

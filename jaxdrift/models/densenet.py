@@ -50,6 +50,7 @@ class DenseNet(L.KerasApplication):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    L.check_input(x, "densenet201")
     x = L.zero_pad(self, x.astype(self.dtype), 3, "zero_padding2d")
     x = L.conv(self, x, self.stem_filters, 7, "conv1_conv", strides=2, use_bias=False,
                dtype=self.dtype)

@@ -33,6 +33,7 @@ class InceptionV3(L.KerasApplication):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    L.check_input(x, "inceptionv3")
     counts = collections.Counter()
 
     def auto(prefix):

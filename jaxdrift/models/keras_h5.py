@@ -93,6 +93,12 @@ def read_keras_h5(path) -> KerasWeights:
     with h5py.File(path, "r") as f:
       layout, root = ("keras3", f["model_weights"]) if "model_weights" in f else ("official", f)
       layer_names = _attr_list(root, "layer_names")
+      if layer_names is None and isinstance(f.get("layers"), h5py.Group):
+        raise WeightFileError(
+            f"{path} is a Keras 3 weights file (`model.save_weights('x.weights.h5')`: "
+            "layers/<name>/vars/<i>, variables by position, no names), which jaxdrift does "
+            "not read. Pass the keras.applications .h5 file instead, or in Keras load these "
+            "weights into the model and write the legacy layout with model.save('x.h5').")
       if layer_names is None:
         raise WeightFileError(
             f"{path} is an HDF5 file but not a Keras weight file: it has no 'layer_names' "
@@ -104,14 +110,42 @@ def read_keras_h5(path) -> KerasWeights:
                                 "file is incomplete.")
         weight_names = _attr_list(root[name], "weight_names") or []
         if weight_names:
-          layers[name] = [(_text(w), np.asarray(root[name][w])) for w in weight_names]
+          layers[name] = [(_text(w), _weight_array(path, root[name], w)) for w in weight_names]
       version = _text(root.attrs.get("keras_version", f.attrs.get("keras_version", "")))
   except WeightFileError:
     raise
   except (OSError, KeyError, ValueError) as e:
     raise WeightFileError(f"{path}: cannot read the weights ({type(e).__name__}: {e}); the "
                           "file is truncated or damaged. Download it again.") from e
+  _check_finite(path, layers)
   return KerasWeights(layers, layer_names, layout, version)
+
+
+def _weight_array(path, group, weight_name) -> np.ndarray:
+  """One weight dataset as a numeric numpy array, or a WeightFileError naming it."""
+  node = group[weight_name]
+  if not isinstance(node, h5py.Dataset):
+    raise WeightFileError(f"{path}: {node.name} should be a weight tensor (an HDF5 dataset), "
+                          f"found a {type(node).__name__}; the file is damaged or not a "
+                          "Keras weight file.")
+  if node.dtype.kind not in "fiu":
+    raise WeightFileError(f"{path}: dataset {node.name} holds {node.dtype} "
+                          f"({'strings' if node.dtype.kind in 'SUO' else 'not numbers'}), "
+                          "expected float weights; the file is damaged or not a Keras weight "
+                          "file. Download or write it again.")
+  return np.asarray(node)
+
+
+def _check_finite(path, layers) -> None:
+  """A WeightFileError naming every tensor with NaN or Inf values."""
+  bad = [f"{layer}/{name} ({int(np.sum(~np.isfinite(a)))} of {a.size})"
+         for layer, arrays in layers.items() for name, a in arrays
+         if a.dtype.kind == "f" and not np.all(np.isfinite(a))]
+  if bad:
+    more = f" ... and {len(bad) - 12} more" if len(bad) > 12 else ""
+    raise WeightFileError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf values: "
+                          f"{', '.join(bad[:12])}{more}. These weights come from a diverged "
+                          "or damaged model; use another file.")
 
 
 def _inception_renames(layer_names) -> dict[str, str]:

@@ -19,8 +19,29 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdrift.models import registry
+
 TAPS = "taps"
 PERTURBATIONS = "perturbations"
+
+
+def check_input(x, family: str) -> None:
+  """Raises a ValueError unless x is a batch of RGB images [B, H, W, 3] at least as large as
+  the architecture's minimum (`registry.spec(family).min_size`: 32, 32, 75 as in Keras).
+
+  A shape check at trace time (free at run time). Without it a 1-channel batch fails deep in
+  Flax (ScopeParamShapeError) and an input below the architecture's minimum silently gives
+  1x1 feature maps.
+  """
+  min_size = registry.spec(family).min_size
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f"{family} expects preprocessed RGB images [B, H, W, 3], got shape "
+                     f"{tuple(x.shape)}; convert grayscale images to RGB first (repeat the "
+                     "channel 3 times) and add a batch axis for a single image.")
+  if min(x.shape[1:3]) < min_size:
+    raise ValueError(f"{family} needs inputs of at least {min_size}x{min_size} pixels (as "
+                     f"Keras), got {x.shape[1]}x{x.shape[2]}; resize the images (e.g. "
+                     "--image-size or jd.data.batches(image_size=...)).")
 
 
 def _merge(layers: dict, new: dict) -> dict:

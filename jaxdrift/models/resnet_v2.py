@@ -53,6 +53,7 @@ class ResNetV2(L.KerasApplication):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    L.check_input(x, "resnet50v2")
     x = L.zero_pad(self, x.astype(self.dtype), 3, "conv1_pad")
     x = L.conv(self, x, self.stem_filters, 7, "conv1_conv", strides=2, dtype=self.dtype)
     x = L.zero_pad(self, x, 1, "pool1_pad")

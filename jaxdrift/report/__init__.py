@@ -8,8 +8,8 @@ back to samples; classification metrics come from DIR/summary.json, nulls and lo
 from DIR/drift/aggregates.json, training curves from DIR/metrics.jsonl.
 """
 
-import json
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -27,23 +27,53 @@ def _tolerance(runs) -> str:
                     for v in sorted(values))
 
 
+def _rerun(workdir) -> str:
+  return (f"Rerun the drift stage for this workdir: delete {workdir / 'drift' / 'manifest.json'} "
+          f"and run `python -m experiments.drift --workdir {workdir}` with the options it had.")
+
+
+def _read_examples(path, fix: str) -> dict:
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return dict(npz)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise results.ResultFileError(f"{path}: expected the drift stage's example maps (.npz), "
+                                  f"found an unreadable file ({type(e).__name__}: {e}). "
+                                  f"{fix}") from None
+
+
 def load_runs(workdirs) -> list[dict]:
-  """Reads each workdir's drift outputs; raises FileNotFoundError naming a missing stage."""
+  """Reads and checks each workdir's drift outputs before anything is written.
+
+  Raises:
+    FileNotFoundError: a workdir has no drift outputs (the message names the stage to run).
+    jaxdrift.study.results.ResultFileError: a result file is empty, damaged or incomplete
+      (the message names it and says how to write it again).
+  """
   runs = []
   for workdir in map(pathlib.Path, workdirs):
     samples = workdir / "drift" / "samples.csv"
-    if not samples.exists():
-      raise FileNotFoundError(f"{samples} is missing: run `python -m experiments.drift "
-                              f"--workdir {workdir}` first")
-    run = results.read_json(workdir / "drift" / "aggregates.json")
+    aggregates = workdir / "drift" / "aggregates.json"
+    for path in (samples, aggregates):
+      if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m experiments.drift "
+                                f"--workdir {workdir}` first")
+    fix = _rerun(workdir)
+    run = results.read_json(aggregates, required=results.AGGREGATE_KEYS, fix=fix)
+    if not isinstance(run["config"], dict) or not {"selection", "seed"} <= set(run["config"]):
+      raise results.ResultFileError(f"{aggregates}: expected a 'config' object with "
+                                    f"'selection' and 'seed', found {run['config']!r:.80}. "
+                                    f"{fix}")
     run["workdir"] = str(workdir)
-    run["table"] = results.read_table(samples)
+    run["table"] = results.read_table(samples, required=results.SAMPLE_COLUMNS, fix=fix)
     examples = workdir / "drift" / "examples.npz"
-    run["examples"] = dict(np.load(examples, allow_pickle=False)) if examples.exists() else {}
+    run["examples"] = _read_examples(examples, fix) if examples.exists() else {}
     log = workdir / "metrics.jsonl"
-    run["log"] = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+    run["log"] = results.read_jsonl(log, fix=(
+        "Its training log is damaged: repair or delete the broken line (the report only "
+        "draws training curves from it).")) if log.exists() else []
     epochs = workdir / "drift" / "epochs.csv"
-    run["epoch_table"] = results.read_table(epochs) if epochs.exists() else None
+    run["epoch_table"] = results.read_table(epochs, fix=fix) if epochs.exists() else None
     runs.append(run)
   return runs
 
@@ -69,9 +99,8 @@ def build_report(workdirs, out_dir=None) -> dict:
   Returns:
     {"report": path of report.md, "json": path, "figures": {name: {"path", "panels"}}}.
   """
-  runs = load_runs(workdirs)
+  runs = load_runs(workdirs)  # checks every input before anything is written
   out_dir = pathlib.Path(out_dir or pathlib.Path(runs[0]["workdir"]).parent / "report")
-  (out_dir / "figures").mkdir(parents=True, exist_ok=True)
   selection = runs[0]["config"]["selection"]
   table = combined_table(runs)
   metric_names = [m for m in stats.DRIFT_DIRECTION if m in table]
@@ -86,6 +115,8 @@ def build_report(workdirs, out_dir=None) -> dict:
   figs = {}
   selected = results.subset(table, stats.select(table["label"], table["tl_pred"],
                                                 table["ft_pred"], selection))
+
+  (out_dir / "figures").mkdir(parents=True, exist_ok=True)
 
   def add(name, draw, *args):
     path = out_dir / "figures" / f"{name}.png"
@@ -133,7 +164,8 @@ def _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_name
       f"Architectures (as trained): {', '.join(r['model_arch'] for r in runs)}. Layers: "
       f"{layers}. Samples: selection `{selection}` (true class = arg-max prediction of "
       "both checkpoints for `both`). Maps are compared at the input resolution after "
-      "bilinear upsampling. Cells: mean ± sd [bootstrap 95% CI of the mean].", "",
+      "bilinear upsampling. Cells: mean ± sd [bootstrap 95% CI of the mean]. "
+      + tables.DRIFT_COUNTS, "",
       "## Classification (test split)", "", tables.classification_table(runs), "",
       "## Drift: the study's metrics", "", main_md, "",
       "## Drift: further metrics", "", extra_md, "",

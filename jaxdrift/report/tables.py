@@ -22,24 +22,34 @@ def markdown(header, rows) -> str:
   return "\n".join(lines)
 
 
+# What the counts of `drift_table` mean, for the text around it.
+DRIFT_COUNTS = ("selected: test pairs in the selection; invalid TL / FT: of those, pairs whose "
+                "TL / FT map is invalid (not finite or sum <= 0); n: pairs with both maps "
+                "valid, the number each cell averages, unless the cell says n=k: the metric "
+                "is undefined for the other pairs (the correlation of a constant map).")
+
+
 def drift_table(summary, metrics) -> tuple[str, list]:
-  """Per architecture x method x layer (pooled classes): n, invalid TL/FT, and for each
-  metric "mean +- sd [ci_low, ci_high]". Returns (markdown, the cells as data)."""
+  """Per architecture x method x layer (pooled classes): selected, invalid TL/FT, n (pairs
+  with both maps valid) and for each metric "mean +- sd [ci_low, ci_high]", followed by
+  "(n=k)" when the metric is finite for k != n pairs. Returns (markdown, cells as data; each
+  cell's n is the number of values its mean averages)."""
   pooled = [r for r in summary if r["cls"] == "all"]
   groups = sorted({(r["arch"], r["method"]) for r in pooled})
-  header = ["arch", "method", "n", "invalid TL", "invalid FT"] + list(metrics)
+  header = ["arch", "method", "selected", "invalid TL", "invalid FT", "n"] + list(metrics)
   rows, cells = [], []
   for arch, method in groups:
     by_metric = {r["metric"]: r for r in pooled if (r["arch"], r["method"]) == (arch, method)}
     first = next(iter(by_metric.values()))
-    row = [arch, method, first["n_selected"], first["n_invalid_tl"], first["n_invalid_ft"]]
+    counts = {k: first[k] for k in ("n_selected", "n_invalid_tl", "n_invalid_ft", "n_valid")}
+    row = [arch, method, *counts.values()]
     for metric in metrics:
       r = by_metric[metric]
-      row.append(f"{fmt(r['mean'])} ± {fmt(r['sd'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]")
+      text = f"{fmt(r['mean'])} ± {fmt(r['sd'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+      row.append(text if r["n"] == counts["n_valid"] else f"{text} (n={r['n']})")
       cells.append(dict(arch=arch, method=method, metric=metric, mean=r["mean"], sd=r["sd"],
                         ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"],
-                        n_selected=first["n_selected"], n_invalid_tl=first["n_invalid_tl"],
-                        n_invalid_ft=first["n_invalid_ft"]))
+                        n_undefined=counts["n_valid"] - r["n"], **counts))
     rows.append(row)
   return markdown(header, rows), cells
 
@@ -50,9 +60,13 @@ def classification_table(runs) -> str:
   for run in runs:
     c = run["classification"]
     tl, ft = c.get("tl", {}).get("test", {}), c.get("ft", {}).get("test", {})
-    rows.append([run["arch"], run["model_arch"], fmt(tl.get("accuracy")), fmt(ft.get("accuracy")),
-                 fmt(tl.get("auc")), fmt(ft.get("auc"))])
-  return markdown(["arch", "model", "TL accuracy", "FT accuracy", "TL AUC", "FT AUC"], rows)
+    cells = [fmt(tl.get("accuracy")), fmt(ft.get("accuracy")), fmt(tl.get("auc")),
+             fmt(ft.get("auc"))]
+    diverged = [name.upper() for name in ("tl", "ft") if c.get(name, {}).get("diverged")]
+    note = f"training diverged ({', '.join(diverged)})" if diverged else ""
+    rows.append([run["arch"], run["model_arch"], *cells, note])
+  return markdown(["arch", "model", "TL accuracy", "FT accuracy", "TL AUC", "FT AUC", "note"],
+                  rows)
 
 
 def ranking_table(summary, metrics) -> tuple[str, list]:

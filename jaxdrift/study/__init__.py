@@ -3,3 +3,4 @@
 from jaxdrift.study.drift_stage import (DriftConfig, DriftStageError, drift_done, resolve_layer,
                                         run_drift)
 from jaxdrift.study.pipeline import DRIFT_PRESETS, run_pipeline
+from jaxdrift.study.results import ResultFileError

@@ -2,9 +2,14 @@
 
 A table is a dict of equal-length 1-D numpy arrays (the format of `jaxdrift.metrics.stats`).
 CSV keeps it readable by any tool; `read_table` restores numbers, booleans and NaN.
+
+Reading checks what it reads: a file that is empty, not UTF-8 text, cut off mid-row, without
+rows, holding text where a number belongs, or not valid JSON raises `ResultFileError`, which
+names the file, what was expected, what was found and what to do, before anything uses it.
 """
 
 import csv
+import io
 import json
 import math
 import pathlib
@@ -14,6 +19,29 @@ import numpy as np
 from jaxdrift import metrics
 
 _BOOL = {"True": True, "False": False}
+# The type of every column of a drift table whose name says it (others are inferred).
+_FLOAT_COLUMNS = frozenset(metrics.PAIR_METRICS) | {
+    f"{q}_{m}" for q in metrics.MAP_QUANTITIES for m in "ab"} | {
+    "pointing_chance", *(f"{c}_{k}" for c in ("tl", "ft")
+                         for k in ("pointing_game", "energy_inside", "mask_iou"))}
+_INT_COLUMNS = frozenset({"image", "label", "tl_pred", "ft_pred"})
+_BOOL_COLUMNS = frozenset({"valid", "valid_a", "valid_b", "tl_all_zero", "ft_all_zero",
+                           "selected_both", "selected_tl", "selected_ft"})
+# What the report needs of DIR/drift/samples.csv and DIR/drift/aggregates.json.
+SAMPLE_COLUMNS = ("arch", "method", "layer", "layer_spec", "image", "label", "tl_pred",
+                  "ft_pred", "valid", "valid_a", "valid_b")
+AGGREGATE_KEYS = ("arch", "model_arch", "config", "class_names", "layers")
+
+
+class ResultFileError(ValueError):
+  """A result file (CSV table or JSON) that is missing a part, damaged, or not jaxdrift's."""
+
+
+def _fail(path, expected: str, found: str, fix: str):
+  raise ResultFileError(f"{path}: expected {expected}, found {found}. {fix}")
+
+
+_FIX = "Write it again with the stage that made it."
 
 
 def write_table(table: dict, path) -> None:
@@ -53,12 +81,66 @@ def _column(values: list[str]) -> np.ndarray:
     return np.array(values, object)
 
 
-def read_table(path) -> dict:
-  """Reads a table written by `write_table` (types restored per column)."""
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
-  header, body = rows[0], rows[1:]
-  return {name: _column([r[i] for r in body]) for i, name in enumerate(header)}
+def _typed_column(path, name: str, values: list[str], fix: str) -> np.ndarray:
+  """`_column`, with a ResultFileError when a column of known type holds something else."""
+  column = _column(values)
+  if name in _BOOL_COLUMNS:
+    kind, ok = "True / False", column.dtype == bool
+  elif name in _INT_COLUMNS:
+    kind, ok = "an integer", column.dtype.kind == "i"
+  elif name in _FLOAT_COLUMNS:
+    kind, ok = "a number (or nan)", column.dtype.kind in "if"
+    column = column.astype(np.float64) if ok else column
+  else:
+    return column
+  if not ok:
+    parse = {"True / False": lambda v: _BOOL[v], "an integer": int}.get(kind, float)
+    for i, v in enumerate(values):
+      try:
+        parse(v)
+      except (KeyError, ValueError):
+        _fail(path, f"{kind} in column {name!r}", f"{v[:40]!r} in row {i + 2}", fix)
+  return column
+
+
+def read_table(path, required=(), fix: str = _FIX) -> dict:
+  """Reads a table written by `write_table` (types restored per column).
+
+  Args:
+    path: the CSV file.
+    required: columns the caller needs.
+    fix: what the user should do when the file is unusable (the end of the error message).
+
+  Raises:
+    ResultFileError: the file is empty, not UTF-8 text, cut off mid-row, has a header but no
+      rows, lacks a required column, or holds text where a known column has numbers.
+  """
+  path = pathlib.Path(path)
+  try:
+    text = path.read_bytes().decode("utf-8")
+  except UnicodeDecodeError as e:
+    _fail(path, "a UTF-8 CSV table", f"binary data (byte {e.start} is not UTF-8 text)", fix)
+  if not text.strip():
+    _fail(path, "a CSV table with a header and one row per sample", "an empty file", fix)
+  try:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+  except csv.Error as e:
+    _fail(path, "a CSV table", f"malformed CSV ({e})", fix)
+  header, body = rows[0], [r for r in rows[1:] if r]
+  if not body:
+    _fail(path, "one row per sample below the header", "a header and no rows", fix)
+  for i, row in enumerate(body):
+    if len(row) != len(header):
+      _fail(path, f"{len(header)} fields per row (the header's)",
+            f"{len(row)} in row {i + 2}{' (the file is cut off)' if i == len(body) - 1 else ''}",
+            fix)
+  if not text.endswith("\n"):
+    _fail(path, "a table that ends with a line break", "a file cut off mid-row", fix)
+  missing = [c for c in required if c not in header]
+  if missing:
+    _fail(path, f"the columns {', '.join(required)}", f"no {', '.join(missing)}", fix)
+  return {name: _typed_column(path, name, [r[i] for r in body], fix)
+          for i, name in enumerate(header)}
 
 
 def concat(tables: list[dict]) -> dict:
@@ -104,5 +186,46 @@ def write_json(value, path) -> None:
   tmp.replace(path)
 
 
-def read_json(path):
-  return json.loads(pathlib.Path(path).read_text())
+def read_json(path, required=(), fix: str = _FIX):
+  """Reads a JSON file; with `required`, a JSON object that has those keys.
+
+  Raises:
+    ResultFileError: the file is empty, not UTF-8 text, not valid JSON, or lacks a key.
+  """
+  path = pathlib.Path(path)
+  try:
+    value = json.loads(path.read_bytes().decode("utf-8"))
+  except UnicodeDecodeError as e:
+    _fail(path, "UTF-8 JSON", f"binary data (byte {e.start} is not UTF-8 text)", fix)
+  except json.JSONDecodeError as e:
+    found = "an empty file" if not e.doc.strip() else f"invalid JSON ({e.msg} at line {e.lineno})"
+    _fail(path, "a JSON document", found, fix)
+  if required:
+    if not isinstance(value, dict):
+      _fail(path, "a JSON object", f"a JSON {type(value).__name__}", fix)
+    missing = [k for k in required if k not in value]
+    if missing:
+      _fail(path, f"the keys {', '.join(required)}", f"no {', '.join(missing)}", fix)
+  return value
+
+
+def read_jsonl(path, fix: str = _FIX) -> list:
+  """Reads a JSON-lines file (one JSON value per line; blank lines skipped).
+
+  Raises:
+    ResultFileError: the file is not UTF-8 text or a line is not valid JSON (a line cut off
+      by a kill is reported with its number).
+  """
+  path = pathlib.Path(path)
+  try:
+    lines = path.read_bytes().decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    _fail(path, "UTF-8 JSON lines", f"binary data (byte {e.start} is not UTF-8 text)", fix)
+  out = []
+  for i, line in enumerate(lines):
+    if line.strip():
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        _fail(path, "one JSON value per line", f"invalid JSON on line {i + 1} ({e.msg})", fix)
+  return out

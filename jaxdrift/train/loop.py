@@ -390,7 +390,8 @@ def _summarise(run: _Run) -> dict:
                                  "global_epoch": meta.get("global_epoch"),
                                  **{f"test_{k}": v for k, v in test.items()}})
     summary[name] = {"epoch": meta.get("epoch"), "global_epoch": meta.get("global_epoch"),
-                     "val": meta.get("val", {}), "test": test}
+                     "val": meta.get("val", {}), "test": test,
+                     "diverged": eval_lib.diverged(test)}
   (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   if run.progress:
     print(summary_table(summary))
@@ -408,4 +409,9 @@ def summary_table(summary: dict) -> str:
     lines.append(f"{name:<5}{s.get('epoch') or 0:>6}{val.get('accuracy', float('nan')):>9.3f}"
                  f"{val.get('auc', float('nan')):>9.4f}{test['loss']:>11.4f}"
                  f"{test['accuracy']:>10.3f}{test['auc']:>10.4f}")
+  broken = [name for name in ("tl", "ft") if summary[name].get("diverged")]
+  if broken:
+    lines.append(f"training diverged ({' and '.join(broken)}: non-finite logits or loss); "
+                 "these metrics are NaN, not results: lower the learning rate and rerun in "
+                 "a new workdir")
   return "\n".join(lines)
