@@ -39,12 +39,12 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, unreadable or of another run."""
 
 
-def _root(workdir) -> pathlib.Path:
-  return workdir_lib.Workdir(pathlib.Path(workdir).absolute()).checkpoints
+def _files(workdir) -> workdir_lib.Workdir:
+  return workdir_lib.Workdir(pathlib.Path(workdir).absolute())
 
 
 def _epochs_dir(workdir) -> pathlib.Path:
-  return workdir_lib.Workdir(pathlib.Path(workdir).absolute()).epochs
+  return _files(workdir).epochs
 
 
 def has_committed(workdir) -> bool:
@@ -140,7 +140,7 @@ def restore_epoch(manager: ocp.CheckpointManager, number: int, state):
 def named_path(workdir, name: str) -> pathlib.Path:
   if name not in NAMED:
     raise ValueError(f"named checkpoints are {NAMED}, got {name!r}")
-  return _root(workdir) / name
+  return _files(workdir).named(name)
 
 
 def save_named(workdir, name: str, params, batch_stats, meta: dict) -> pathlib.Path:
