@@ -66,7 +66,11 @@ def _truncated_h5(path):
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
   """The uninterrupted run, through the CLI, in a workdir where two starts failed first:
-  a truncated --weights file, then --max-steps-per-epoch -1. Returns (workdir, errors)."""
+  a truncated --weights file, then --max-steps-per-epoch -1.
+
+  Returns:
+    (workdir, the two starts' exceptions, whether the first start wrote the workdir).
+  """
   tmp = tmp_path_factory.mktemp("reference")
   workdir = tmp / "run"
   errors = []
@@ -74,11 +78,12 @@ def reference(data_dir, tmp_path_factory):
   with pytest.raises((jd.models.WeightFileError, SystemExit)) as e:
     cli.main(_argv(data_dir, workdir) + ["--weights", str(bad)])
   errors.append(e.value)
+  written = workdir.exists()  # the weights are checked before anything is written
   with pytest.raises((ZeroDivisionError, ValueError, SystemExit)) as e:
     cli.main(_argv(data_dir, workdir) + ["--max-steps-per-epoch", "-1"])
   errors.append(e.value)
   cli.main(_argv(data_dir, workdir))  # the corrected command
-  return workdir, errors
+  return workdir, errors, written
 
 
 def _variables(workdir, which):
@@ -97,9 +102,10 @@ def _assert_same_run(expected_dir, got_dir):
 
 
 def test_failed_starts_leave_nothing_that_blocks_the_corrected_command(reference):
-  workdir, (weights_error, steps_error) = reference
+  workdir, (weights_error, _), written = reference
   if not isinstance(weights_error, SystemExit):
     assert "truncated.h5" in str(weights_error)
+  assert not written
   config = workdir_lib.read_config(workdir)
   assert config["weights"] == "none" and config["max_steps_per_epoch"] == 1
   assert workdir_lib.Workdir(workdir).summary.exists()
