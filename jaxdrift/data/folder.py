@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 
 from jaxdrift.data import imageio
 from jaxdrift.data import layout as layout_lib
+from jaxdrift.data import walk as walk_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -67,15 +68,19 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
       manual directory).
     skip_bad_files: True (default) skips corrupt, truncated and non-image files, counts them
       and reports them at the end of the build; False raises on the first one.
+    file_format: "array_record" (default, here rather than TFDS's tfrecord: it needs no
+      TensorFlow and gives random access, so `tfds.builder(name).download_and_prepare()`
+      works as TFDS documents it).
   """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
 
-  def __init__(self, *, source=None, skip_bad_files: bool = True, **kwargs):
+  def __init__(self, *, source=None, skip_bad_files: bool = True,
+               file_format="array_record", **kwargs):
     self._source = None if source is None else os.fspath(source)
     self._skip_bad_files = skip_bad_files
-    super().__init__(**kwargs)
+    super().__init__(file_format=file_format, **kwargs)
 
   # Subclass hooks -------------------------------------------------------------------------
   @abc.abstractmethod
@@ -183,15 +188,16 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
 
 def _fingerprint(root: str) -> str:
-  """Short hash of a folder's or zip's absolute path, file names, sizes and mtimes."""
+  """Short hash of a folder's or zip's absolute path, file names, sizes and mtimes (links
+  followed only inside the folder, as the build reads it; skipped entries by name)."""
   digest = hashlib.sha1(os.path.abspath(root).encode())
   if os.path.isdir(root):
-    for top, dirs, names in sorted(os.walk(root)):
-      dirs.sort()
-      for n in sorted(names):
-        st = os.stat(os.path.join(top, n))
-        digest.update(f"{os.path.relpath(os.path.join(top, n), root)}|{st.st_size}|"
-                      f"{st.st_mtime_ns}\n".encode())
+    listing = walk_lib.walk(root)
+    for rel in listing.files:
+      st = os.stat(os.path.join(root, rel))
+      digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for rel, _ in sorted(listing.unsafe + listing.dangling):
+      digest.update(f"{rel}|skipped\n".encode())
   elif os.path.exists(root):
     st = os.stat(root)
     digest.update(f"{st.st_size}|{st.st_mtime_ns}".encode())

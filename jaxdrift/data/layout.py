@@ -24,6 +24,7 @@ import zipfile
 import numpy as np
 
 from jaxdrift.data import imageio
+from jaxdrift.data import walk as walk_lib
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validation",
                  "valid": "validation", "validation": "validation", "test": "test",
@@ -46,7 +47,9 @@ class SkipReport:
   Attributes:
     skipped: reason -> list of (path, detail). Reasons used by the builders: "corrupt"
       (cannot be decoded), "not_image" (not an image file name), "unsafe_path" (zip entry
-      refused: escapes the archive or is a link), "system_file" (OS/archiver leftovers).
+      refused: escapes the archive or is a link; folder entry refused: a link out of the
+      root or into a loop, a special file), "dangling_link" (a link to nothing),
+      "system_file" (OS/archiver leftovers).
     modes: original Pillow mode -> number of stored images (shows what was converted).
   """
 
@@ -102,7 +105,9 @@ class FileTree:
     source: the folder or zip path.
     files: sorted relative POSIX paths of the regular files.
     dirs: relative POSIX paths of every folder (explicit or implied by a file path).
-    refused: (path, reason) of zip members that were refused.
+    refused: (path, reason) of zip members and folder entries that were refused (escape
+      the root, link loops, special files).
+    dangling: (path, detail) of dangling symbolic links in a folder.
   """
 
   def __init__(self, source):
@@ -110,13 +115,12 @@ class FileTree:
     self.refused = []
     self._zip = None
     dirs = set()
-    if os.path.isdir(self.source):
-      files = []
-      for top, subdirs, names in os.walk(self.source):
-        rel = os.path.relpath(top, self.source).replace(os.sep, "/")
-        rel = "" if rel == "." else rel + "/"
-        dirs.update(rel + d for d in subdirs)
-        files.extend(rel + n for n in names if os.path.isfile(os.path.join(top, n)))
+    self.dangling = []
+    if os.path.isdir(self.source):  # links followed only inside the root (`walk`)
+      listing = walk_lib.walk(self.source)
+      files, self.dangling = listing.files, listing.dangling
+      dirs.update(listing.dirs)
+      self.refused.extend(listing.unsafe)
     elif zipfile.is_zipfile(self.source):
       self._zip = zipfile.ZipFile(self.source)
       files, self._members = [], {}
@@ -195,6 +199,8 @@ def find_layout(tree: FileTree, report: SkipReport) -> Layout:
   """
   for path, reason in tree.refused:
     report.add("unsafe_path", path, reason)
+  for path, detail in tree.dangling:
+    report.add("dangling_link", path, detail)
   images = []
   for path in tree.files:
     if imageio.is_junk_name(path):

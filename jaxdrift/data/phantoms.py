@@ -245,6 +245,10 @@ class Phantoms(tfds.core.GeneratorBasedBuilder):
   DEFAULT_CONFIG_NAME = "128"
   _STREAMS = {"train": 0, "validation": 1, "test": 2}
 
+  def __init__(self, *, file_format="array_record", **kwargs):
+    # array_record by default (TFDS's is tfrecord, which needs TensorFlow).
+    super().__init__(file_format=file_format, **kwargs)
+
   def _info(self):
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(

@@ -37,6 +37,7 @@ import traceback
 import tqdm
 
 from jaxdrift import _console, models, report, train
+from jaxdrift import workdir as workdir_lib
 from jaxdrift.study.drift_stage import DriftConfig, drift_done, run_drift
 
 DRIFT_PRESETS = {
@@ -47,12 +48,13 @@ DRIFT_PRESETS = {
 
 
 def _trained(workdir: pathlib.Path, config) -> bool:
-  """A finished run of this configuration (summary.json is written last)."""
-  path = workdir / "config.json"
-  if not (workdir / "summary.json").exists() or not path.exists():
+  """A finished run of this configuration: summary.json (written last) and both named
+  checkpoints exist (a lost one is re-derived by `train`), and config.json matches."""
+  files = workdir_lib.Workdir(workdir)
+  if not files.summary.exists() or not all(files.named(n).is_dir() for n in ("tl", "ft")):
     return False
-  saved = json.loads(path.read_text())
-  return all(saved.get(k) == v for k, v in config.to_json().items() if k != "data_dir")
+  stored = workdir_lib.read_config(workdir)
+  return stored is not None and workdir_lib.same_config(stored, config.to_json())
 
 
 def _stages(config, workdir: pathlib.Path, drift: DriftConfig, data_dir, *, progress: bool,
@@ -182,7 +184,8 @@ def _run_workers(jobs: dict, workers: int, progress: bool) -> dict:
         timings[arch] = payload
         running.pop(arch).join()
         if progress:  # the TL / FT table that a run in this process prints
-          summary = json.loads((jobs[arch][1] / "summary.json").read_text())
+          summary = workdir_lib.read_json(workdir_lib.Workdir(jobs[arch][1]).summary,
+                                          what="run summary")
           tqdm.tqdm.write(train.summary_table(summary))
   finally:
     display.close()
@@ -294,7 +297,7 @@ def run_pipeline(preset: str = "demo", *, archs=models.ARCHS, root=None, data=No
   timings.update(total=time.perf_counter() - start_all, workers=workers)
   timings = {**{a: timings[a] for a in archs},
              **{k: v for k, v in timings.items() if k not in archs}}
-  (root / "timings.json").write_text(json.dumps(timings, indent=1))
+  workdir_lib.write_json(workdir_lib.timings_path(root), timings, indent=1)
   if progress:
     print(f"report: {paths['report']}")
   return {"report": paths["report"], "workdirs": [workdirs[a] for a in archs],

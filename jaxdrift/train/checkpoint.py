@@ -11,14 +11,17 @@ Layout under the run's workdir:
   checkpoints/pretrain/     the backbone after the demo's proxy-task pretraining;
                             named ones hold params, batch_stats and meta.
 
-Saves are synchronous (a killed run never leaves a half-written directory under a final
-name; orbax writes to a temporary name and renames). Restores take an abstract target with
-shardings, so arrays come back replicated on the mesh, and any failure to read becomes a
-`CheckpointError` that names the directory and what to do.
+Saves are synchronous and atomic: orbax writes an epoch checkpoint under a temporary name
+and renames it, and `save_named` does the same for the named ones, so a run killed at any
+moment leaves each checkpoint whole or absent. The epoch checkpoints are the record of a
+run: every named tl / ft checkpoint equals one of them (`phase_end` says which), so a
+missing, damaged or stale named checkpoint is re-derived (see `jaxdrift.train.loop`).
+Restores take an abstract target with shardings, so arrays come back replicated on the
+mesh, and any failure to read becomes a `CheckpointError` that names the directory and what
+to do.
 """
 
 import functools
-import json
 import os
 import pathlib
 import shutil
@@ -27,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxdrift import models
+from jaxdrift import workdir as workdir_lib
 
 NAMED = ("pretrain", "tl", "ft")
 
@@ -35,14 +39,27 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, unreadable or of another run."""
 
 
-def _root(workdir) -> pathlib.Path:
-  return pathlib.Path(workdir).absolute() / "checkpoints"
+def _files(workdir) -> workdir_lib.Workdir:
+  return workdir_lib.Workdir(pathlib.Path(workdir).absolute())
+
+
+def _epochs_dir(workdir) -> pathlib.Path:
+  return _files(workdir).epochs
+
+
+def has_committed(workdir) -> bool:
+  """Whether `workdir` holds a finished checkpoint (an epoch or a named one): from then on
+  its config.json binds the directory to that run's settings."""
+  epochs = _epochs_dir(workdir)
+  if epochs.is_dir() and any(p.name.isdigit() for p in epochs.iterdir()):
+    return True
+  return any(named_path(workdir, name).is_dir() for name in NAMED)
 
 
 def epochs_manager(workdir) -> ocp.CheckpointManager:
   """CheckpointManager of the per-epoch checkpoints (keeps all of them)."""
   return ocp.CheckpointManager(
-      _root(workdir) / "epochs",
+      _epochs_dir(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                            enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True))
@@ -123,23 +140,60 @@ def restore_epoch(manager: ocp.CheckpointManager, number: int, state):
 def named_path(workdir, name: str) -> pathlib.Path:
   if name not in NAMED:
     raise ValueError(f"named checkpoints are {NAMED}, got {name!r}")
-  return _root(workdir) / name
+  return _files(workdir).named(name)
 
 
 def save_named(workdir, name: str, params, batch_stats, meta: dict) -> pathlib.Path:
-  """Writes (or replaces) the named checkpoint `name` with the model variables."""
+  """Writes (or replaces) the named checkpoint `name` with the model variables.
+
+  Atomic: the checkpoint is written beside its final name and renamed into place; an old
+  one is renamed aside first and deleted last. A kill at any moment leaves the old
+  checkpoint, the new one, or (between the two renames) none, never a partial one.
+  """
   path = named_path(workdir, name)
-  tmp = path.with_name(path.name + ".tmp")
-  if tmp.exists():
-    shutil.rmtree(tmp)
+  tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+  for leftover in (tmp, old):
+    if leftover.exists():
+      shutil.rmtree(leftover)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     ckptr.save(tmp, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), batch_stats=ocp.args.StandardSave(batch_stats),
         meta=ocp.args.JsonSave(meta)))
   if path.exists():
-    shutil.rmtree(path)
+    os.replace(path, old)
   os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)
   return path
+
+
+def phase_end(manager: ocp.CheckpointManager, phase: str) -> tuple[int, dict] | None:
+  """The epoch checkpoint that the named checkpoint of `phase` must equal.
+
+  The named checkpoint is the best epoch of the phase with early stopping and its last
+  epoch otherwise; both are recorded in the meta of the phase's last epoch checkpoint.
+
+  Args:
+    manager: `epochs_manager(workdir)`.
+    phase: "tl" or "ft".
+
+  Returns:
+    (global epoch, meta of the phase's last epoch checkpoint), or None when no epoch of the
+    phase was saved.
+
+  Raises:
+    CheckpointError: the phase has epoch checkpoints but has not finished.
+  """
+  for number in sorted(manager.all_steps(), reverse=True):
+    meta = read_epoch_meta(manager, number)
+    if meta["phase"] != phase:
+      continue
+    if not meta.get("phase_done"):
+      raise CheckpointError(
+          f"no {phase!r} checkpoint yet: phase {phase} stopped after its epoch "
+          f"{meta['epoch']} (checkpoint {manager.directory / str(number)}); resume the run "
+          "with the same command to finish it")
+    return meta["global_epoch"] - meta["epoch"] + meta["best"]["epoch"], meta
+  return None
 
 
 def _variable_items(abstract_variables) -> dict:
@@ -192,11 +246,14 @@ def restore_epoch_variables(workdir, number: int, abstract_variables=None
 
 def read_config(workdir) -> dict:
   """The run's config.json (TrainConfig fields + model_arch, num_classes, class_names)."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
+  try:
+    config = workdir_lib.read_config(workdir)
+  except workdir_lib.WorkdirError as e:
+    raise CheckpointError(str(e)) from None
+  if config is None:
     raise CheckpointError(f"{workdir} is not a jaxdrift training run: no config.json there "
                           "(train one with `python -m experiments.train --workdir DIR`)")
-  return json.loads(path.read_text())
+  return config
 
 
 @functools.lru_cache(maxsize=16)

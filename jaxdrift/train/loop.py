@@ -2,7 +2,7 @@
 
     summary = jaxdrift.train.train(jaxdrift.train.preset("demo", arch="resnet50v2"), "runs/rn")
 
-Workdir layout (read by the drift and report stages):
+Workdir layout (`jaxdrift.workdir`; read by the drift and report stages):
 
   DIR/config.json       the TrainConfig plus model_arch, input_size, num_classes, class_names
   DIR/checkpoints/      orbax: epochs/<n> (every epoch of both phases), tl, ft, pretrain
@@ -10,17 +10,28 @@ Workdir layout (read by the drift and report stages):
   DIR/metrics.jsonl     one JSON object per line: {"kind": "pretrain"|"epoch"|"test", ...}
   DIR/summary.json      validation and test metrics of the tl and ft checkpoints
 
-Running again on the same workdir resumes after the latest epoch checkpoint (the epoch in
-progress is redone with the same data order and dropout keys, so the final parameters are
-bit-identical to an uninterrupted run on the same machine). A finished run only recomputes
-its test metrics. Before any work starts the loop checks that the workdir holds no run with
-another configuration and that its latest checkpoint is readable.
+A run is a small state machine whose state is its files, and every state resumes with the
+same command:
+  - fresh: no checkpoint. A start checks the settings and loads the backbone weights before
+    it writes anything; config.json binds the directory only once a checkpoint exists, so a
+    start that failed (bad weights file, bad option, Ctrl-C) never blocks a corrected one.
+  - per epoch, in this order: the log record (metrics.jsonl), then the epoch checkpoint
+    (the commit: a rerun continues after the latest one and drops log records after it),
+    then the named tl / ft checkpoint when the epoch is the phase's.
+  - the named checkpoints are copies of epoch checkpoints: when one is missing, unreadable
+    or not the epoch the phase's last meta names (a kill between the two saves, a deleted
+    or truncated checkpoints/ft), it is re-derived from that epoch checkpoint.
+  - finished: summary.json, written last (atomically); a rerun recomputes the test metrics.
+Resuming redoes the epoch in progress with the same data order and dropout keys, so the
+final parameters are bit-identical to an uninterrupted run on the same machine. Before any
+work starts the loop checks that the workdir holds no run with another configuration and
+that its latest checkpoint is readable.
 """
 
 import dataclasses
 import functools
 import itertools
-import json
+import logging
 import math
 import pathlib
 import time
@@ -33,6 +44,7 @@ import tqdm
 
 from jaxdrift import data as data_lib
 from jaxdrift import models
+from jaxdrift import workdir as workdir_lib
 from jaxdrift.train import checkpoint as ckpt
 from jaxdrift.train import config as config_lib
 from jaxdrift.train import evaluate as eval_lib
@@ -40,36 +52,36 @@ from jaxdrift.train import pretrain as pretrain_lib
 from jaxdrift.train import state as state_lib
 from jaxdrift.train import steps
 
-# Fields that may differ when resuming a run (everything else must match config.json).
-_RESUMABLE_FIELDS = ("data_dir",)
+_LOG = logging.getLogger(__name__)
 
-
-class WorkdirError(RuntimeError):
-  """The workdir holds a run that this configuration cannot continue."""
-
-
-def _read_json(path: pathlib.Path):
-  return json.loads(path.read_text())
+WorkdirError = workdir_lib.WorkdirError  # the workdir holds a run this config cannot continue
 
 
 def check_workdir(workdir, config: config_lib.TrainConfig) -> dict | None:
-  """Returns the stored config.json of `workdir` (None if new) or raises WorkdirError."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    return None
+  """Returns the stored config.json of `workdir`, or None when nothing binds the directory.
+
+  A config.json binds the directory once a checkpoint exists; before that (a start that
+  failed before its first epoch) it is replaced by the next start's.
+
+  Raises:
+    WorkdirError: the workdir holds a run of another architecture or with other settings,
+      or its config.json is unreadable.
+  """
   try:
-    stored = _read_json(path)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path} is unreadable ({e}); use another --workdir") from e
+    stored = workdir_lib.read_config(workdir)
+  except WorkdirError:
+    if not ckpt.has_committed(workdir):
+      return None
+    raise
+  if stored is None or not ckpt.has_committed(workdir):
+    return None
   if stored.get("arch") != config.arch or stored.get("model_arch") != config.model_arch:
     raise WorkdirError(
         f"{workdir} holds a run of {stored.get('model_arch', stored.get('arch'))!r}, not "
         f"{config.model_arch!r}; pass another --workdir (one workdir per architecture).")
-  mine = config.to_json()
-  diff = sorted(k for k in mine if k not in _RESUMABLE_FIELDS and k in stored
-                and stored[k] != mine[k])
+  diff = workdir_lib.config_diff(stored, config.to_json())
   if diff:
-    details = ", ".join(f"{k}: stored {stored[k]!r} vs now {mine[k]!r}" for k in diff)
+    details = ", ".join(f"{k}: stored {a!r} vs now {b!r}" for k, (a, b) in diff.items())
     raise WorkdirError(f"{workdir} holds a run with other settings ({details}); resume it "
                        "with the same flags or pass another --workdir.")
   return stored
@@ -90,21 +102,19 @@ def load_sources(config: config_lib.TrainConfig) -> dict:
   return sources
 
 
-def _jsonl_append(path: pathlib.Path, record: dict) -> None:
-  with path.open("a") as f:
-    f.write(json.dumps(record) + "\n")
+_jsonl_append = workdir_lib.append_jsonl
 
 
-def _truncate_log(path: pathlib.Path, last_epoch: int) -> None:
-  """Keeps the log records of pretraining and of epochs <= last_epoch (before resuming)."""
+def _truncate_log(path: pathlib.Path, last_epoch: int, pretrained: bool) -> None:
+  """Keeps the log records of epochs <= last_epoch and, when the pretrain checkpoint
+  exists (`pretrained`), of pretraining: what the checkpoints hold (before resuming).
+  Rewritten atomically; a torn last line (a kill while appending) is dropped."""
   if not path.exists():
     return
-  keep = []
-  for line in path.read_text().splitlines():
-    r = json.loads(line)
-    if r["kind"] == "pretrain" or (r["kind"] == "epoch" and r["global_epoch"] <= last_epoch):
-      keep.append(line)
-  path.write_text("".join(line + "\n" for line in keep))
+  keep = [r for r in workdir_lib.read_jsonl(path)
+          if (r["kind"] == "pretrain" and pretrained)
+          or (r["kind"] == "epoch" and r["global_epoch"] <= last_epoch)]
+  workdir_lib.write_jsonl(path, keep)
 
 
 @dataclasses.dataclass
@@ -121,6 +131,8 @@ class _Run:
   progress: bool
   hooks: Sequence[Callable[[dict], None]]
   log_path: pathlib.Path
+  init_key: jax.Array | None = None  # of the backbone's initialisation (weights "none")
+  pretrain_key: jax.Array | None = None
   # Runs without augmentation (the demo, smoke) read and preprocess each record once: every
   # epoch, validation and precise-BN pass then takes its examples from memory.
   memos: dict = dataclasses.field(default_factory=dict)
@@ -186,18 +198,39 @@ def _variables(state) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _initial_variables(run: _Run, init_key, pretrain_key) -> dict:
-  """Backbone weights (+ proxy pretraining, resumable via the 'pretrain' checkpoint)."""
-  c = run.config
-  if c.pretrain_epochs and ckpt.named_path(run.workdir, "pretrain").exists():
-    variables, _ = ckpt.restore_named(run.workdir, "pretrain", run.abstract_variables)
-    return variables
-  weights = c.weights
-  if weights == "imagenet" and c.reduced:
+def _pretrained(config: config_lib.TrainConfig, workdir) -> bool:
+  """Whether the run's proxy pretraining is done (its checkpoint exists)."""
+  return bool(config.pretrain_epochs) and ckpt.named_path(workdir, "pretrain").is_dir()
+
+
+def _load_weights(config: config_lib.TrainConfig, num_classes: int, init_key) -> dict:
+  """The backbone's initial weights (ImageNet, a Keras .h5 file, or a seeded init).
+
+  Raises:
+    ValueError: ImageNet weights asked for a reduced variant.
+    WeightFileError: the .h5 file is missing, damaged or of another architecture.
+  """
+  c = config
+  if c.weights == "imagenet" and c.reduced:
     raise ValueError(f"the reduced variant {c.model_arch} has no ImageNet weights; use "
                      "--weights none (the demo preset pretrains on a proxy task instead)")
-  variables = models.pretrained(c.model_arch, run.num_classes, weights=weights, key=init_key,
-                                input_size=c.input_size)
+  return models.pretrained(c.model_arch, num_classes, weights=c.weights, key=init_key,
+                           input_size=c.input_size)
+
+
+def _initial_variables(run: _Run, variables: dict | None = None) -> dict:
+  """Backbone weights (+ proxy pretraining, resumable via the 'pretrain' checkpoint).
+
+  Args:
+    run: the run.
+    variables: the weights `_load_weights` returned, when already loaded.
+  """
+  c = run.config
+  if _pretrained(c, run.workdir):
+    variables, _ = ckpt.restore_named(run.workdir, "pretrain", run.abstract_variables)
+    return variables
+  if variables is None:
+    variables = _load_weights(c, run.num_classes, run.init_key)
   if c.pretrain_epochs:
     start = time.perf_counter()
 
@@ -213,7 +246,8 @@ def _initial_variables(run: _Run, init_key, pretrain_key) -> dict:
     variables = pretrain_lib.pretrain_backbone(
         variables, arch=c.model_arch, image_size=c.pretrain_image_size or c.input_size,
         num_examples=c.pretrain_examples, epochs=c.pretrain_epochs,
-        learning_rate=c.pretrain_lr, batch_size=c.batch_size, key=pretrain_key, seed=c.seed,
+        learning_rate=c.pretrain_lr, batch_size=c.batch_size, key=run.pretrain_key,
+        seed=c.seed,
         mesh=run.mesh, dtype=dtype, on_epoch=on_epoch)
     ckpt.save_named(run.workdir, "pretrain", variables["params"], variables["batch_stats"],
                     {"epochs": c.pretrain_epochs})
@@ -279,12 +313,13 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
     save_named = best["epoch"] == epoch and (c.early_stopping or done)
     meta = {"phase": name, "epoch": epoch, "global_epoch": global_epoch,
             "step": int(state.step), "best": best, "phase_done": done,
-            "val_accuracy": val["accuracy"], "val_auc": val["auc"]}
+            "val_accuracy": val["accuracy"], "val_auc": val["auc"], "val": val}
+    # Write order (see the module docstring): log record, epoch checkpoint (the commit),
+    # then the named checkpoint, which `_named_variables` re-derives when it is lost.
+    _jsonl_append(run.log_path, record)
     ckpt.save_epoch(run.manager, global_epoch, state, meta)
     if save_named:
-      ckpt.save_named(run.workdir, name, state.params, state.batch_stats,
-                      {**meta, "val": val})
-    _jsonl_append(run.log_path, record)
+      ckpt.save_named(run.workdir, name, state.params, state.batch_stats, meta)
     if run.progress:
       tqdm.tqdm.write(f"{name} {epoch}/{epochs}: train loss {record['train_loss']:.4f} "
                       f"acc {record['train_accuracy']:.3f} | val loss {val['loss']:.4f} "
@@ -310,36 +345,46 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
 
   Returns:
     the summary dict also written to DIR/summary.json.
+
+  Raises:
+    WorkdirError: the workdir holds a run of other settings (nothing is written).
+    CheckpointError: the latest epoch checkpoint is unreadable (nothing is written).
+    WeightFileError, ValueError: the backbone weights cannot be loaded (nothing is written).
   """
   config = config.validate()
   workdir = pathlib.Path(workdir)
+  files = workdir_lib.Workdir(workdir)
   check_workdir(workdir, config)
   mesh = mesh or data_lib.default_mesh()
   sources = load_sources(config)
   class_names = data_lib.class_names(sources["train"])
+  init_key, pretrain_key, tl_key, ft_key = jax.random.split(jax.random.key(config.seed), 4)
+  weights = None
+  if not ckpt.has_committed(workdir):
+    # A fresh start: the weights are checked before anything is written.
+    weights = _load_weights(config, len(class_names), init_key)
   workdir.mkdir(parents=True, exist_ok=True)
   manager = ckpt.epochs_manager(workdir)
   latest = ckpt.latest_epoch(manager)
   meta = ckpt.read_epoch_meta(manager, latest) if latest else None  # fails early if damaged
-  (workdir / "config.json").write_text(json.dumps(
-      {**config.to_json(), "num_classes": len(class_names), "class_names": class_names},
-      indent=2))
-  log_path = workdir / "metrics.jsonl"
-  _truncate_log(log_path, latest or 0)
-  init_key, pretrain_key, tl_key, ft_key = jax.random.split(jax.random.key(config.seed), 4)
+  workdir_lib.write_config(workdir, {**config.to_json(), "num_classes": len(class_names),
+                                     "class_names": class_names})
+  _truncate_log(files.metrics, latest or 0, _pretrained(config, workdir))
   phase_tl = _phase(config, len(class_names), train_bn=False)
   phase_ft = _phase(config, len(class_names), train_bn=config.ft_train_bn)
   run = _Run(config=config, workdir=workdir, mesh=mesh, sources=sources,
              num_classes=len(class_names), manager=manager,
              eval_fn=steps.jit_eval_step(phase_tl), progress=progress, hooks=tuple(hooks),
-             log_path=log_path)
+             log_path=files.metrics, init_key=init_key, pretrain_key=pretrain_key)
   e_tl, e_ft = config.epochs_tl, config.epochs_ft
   tl_done = meta is not None and (meta["phase"] == "ft" or meta["phase_done"])
   ft_done = meta is not None and meta["phase"] == "ft" and meta["phase_done"]
+  if not ft_done:
+    files.summary.unlink(missing_ok=True)  # summary.json marks a finished run
 
   if not tl_done:
     if meta is None:
-      variables = _initial_variables(run, init_key, pretrain_key)
+      variables = _initial_variables(run, weights)
     else:
       variables = run.abstract_variables
     _start_or_resume(run, "tl", variables, trainable=(steps.HEAD,), lr=config.lr_tl,
@@ -350,11 +395,10 @@ def train(config: config_lib.TrainConfig, workdir, *, mesh=None, progress: bool 
     # Phase 2 resumes only from its own epoch checkpoints; a run killed in its first epoch
     # (latest checkpoint: phase 1's last) starts it afresh from the tl checkpoint.
     meta = meta if meta is not None and meta["phase"] == "ft" else None
-    abstract = run.abstract_variables
     if meta is None:
-      variables, _ = ckpt.restore_named(workdir, "tl", abstract)
+      variables, _ = _named_variables(run, "tl")
     else:
-      variables = abstract
+      variables = run.abstract_variables
     _start_or_resume(run, "ft", variables, trainable=None, lr=config.lr_ft, epochs=e_ft,
                      offset=e_tl, phase=phase_ft, key=ft_key, meta=meta, latest=latest)
   return _summarise(run)
@@ -378,13 +422,44 @@ def _start_or_resume(run: _Run, name, variables, *, trainable, lr, epochs, offse
                offset=offset, best=best)
 
 
-def _summarise(run: _Run) -> dict:
-  """Test metrics of tl and ft; writes summary.json and prints a table."""
+def _named_variables(run: _Run, name: str) -> tuple[dict, dict]:
+  """Variables and meta of the named checkpoint `name` ("tl" or "ft") of a finished phase.
+
+  A named checkpoint is a copy of an epoch checkpoint (`ckpt.phase_end`). When it is
+  missing, unreadable, or holds another epoch (a kill between the epoch save and the named
+  save, a deleted or truncated directory), it is re-derived from that epoch checkpoint, or
+  for a phase of 0 epochs from what the phase started with, and saved again.
+  """
+  c = run.config
   abstract = run.abstract_variables
+  end = ckpt.phase_end(run.manager, name)
+  try:
+    variables, meta = ckpt.restore_named(run.workdir, name, abstract)
+    if end is None or meta.get("global_epoch") == end[0]:
+      return variables, meta
+    reason = f"it holds epoch {meta.get('global_epoch')}, the phase's is epoch {end[0]}"
+  except ckpt.CheckpointError as e:
+    reason = str(e)
+  if end is not None:
+    variables, meta = ckpt.restore_epoch_variables(run.workdir, end[0], abstract)
+  elif name == "tl":  # a phase 1 of 0 epochs: the initial backbone
+    variables = steps.replicate(_initial_variables(run), run.mesh)
+    meta = {"phase": name, "epoch": 0, "global_epoch": 0}
+  else:  # a phase 2 of 0 epochs: the tl checkpoint
+    variables, _ = _named_variables(run, "tl")
+    meta = {"phase": name, "epoch": 0, "global_epoch": c.epochs_tl}
+  _LOG.warning("re-deriving the %r checkpoint of %s from epoch %s (%s)", name, run.workdir,
+               meta.get("global_epoch"), reason)
+  ckpt.save_named(run.workdir, name, variables["params"], variables["batch_stats"], meta)
+  return variables, meta
+
+
+def _summarise(run: _Run) -> dict:
+  """Test metrics of tl and ft; writes summary.json (last, atomically) and prints a table."""
   summary = {"arch": run.config.arch, "model_arch": run.config.model_arch,
              "preset": run.config.preset, "data": run.config.data}
   for name in ("tl", "ft"):
-    variables, meta = ckpt.restore_named(run.workdir, name, abstract)
+    variables, meta = _named_variables(run, name)
     test = run.evaluate(variables, "test")
     _jsonl_append(run.log_path, {"kind": "test", "checkpoint": name,
                                  "global_epoch": meta.get("global_epoch"),
@@ -392,7 +467,7 @@ def _summarise(run: _Run) -> dict:
     summary[name] = {"epoch": meta.get("epoch"), "global_epoch": meta.get("global_epoch"),
                      "val": meta.get("val", {}), "test": test,
                      "diverged": eval_lib.diverged(test)}
-  (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  workdir_lib.write_json(workdir_lib.Workdir(run.workdir).summary, summary)
   if run.progress:
     print(summary_table(summary))
   return summary
