@@ -16,8 +16,9 @@ per-image arrays, native-resolution maps included), so the device always has a b
 while the host tabulates. Every batch has the same shape (the eval path pads the last one
 and marks it in "mask"), so each program compiles once per run.
 
-A metrics program returns {method: {"drift": ..., "extra": ..., ...}}: further per-image
-columns (a faithfulness score, ...) are further entries of the same dict.
+A pair program returns {method: {"extra": ..., "maps": ..., ...}}: further per-image
+columns (a faithfulness score, ...) are further entries of the same dict; the dispatch
+function of the stage adds "drift" from `drift_program`.
 """
 
 import collections
@@ -106,14 +107,14 @@ def hashable(placement: dict) -> tuple:
 
 
 @functools.lru_cache(maxsize=32)
-def pair_metrics_program(methods: tuple, placement: tuple, tolerance: float, lesion: bool):
+def pair_program(methods: tuple, placement: tuple, tolerance: float, lesion: bool):
   """Jitted `(results, lesion_mask) -> {method: columns}` for the maps of both checkpoints.
 
   `results[method]` = (maps [2, B, h, w], logits [2, B, K], all_zero [2, B]); lesion_mask
-  [B, H, W] bool or None. Columns per method: "drift" (the `jd.metrics.drift` dict),
-  "extra" (tl_pred, ft_pred, tl_all_zero, ft_all_zero), "maps" (tl, ft native maps) and,
-  with `lesion`, "localization" (tl_/ft_ pointing game, energy inside, mask IoU and the
-  pointing chance).
+  [B, H, W] bool or None. Columns per method: "extra" (tl_pred, ft_pred, tl_all_zero,
+  ft_all_zero), "maps" (tl, ft native maps) and, with `lesion`, "localization" (tl_/ft_
+  pointing game, energy inside, mask IoU and the pointing chance). The drift metrics are
+  `drift_program`'s, the one program shared by every comparison of the stage.
   """
   placement = dict(placement)
 
@@ -122,8 +123,7 @@ def pair_metrics_program(methods: tuple, placement: tuple, tolerance: float, les
     for method in methods:
       maps, logits, all_zero = results[method]
       preds = jnp.argmax(logits, axis=-1)
-      cols = {"drift": metrics.drift(maps[0], maps[1], **placement),
-              "extra": {"tl_pred": preds[0], "ft_pred": preds[1],
+      cols = {"extra": {"tl_pred": preds[0], "ft_pred": preds[1],
                         "tl_all_zero": all_zero[0], "ft_all_zero": all_zero[1]},
               "maps": {"tl": maps[0], "ft": maps[1]}}
       if lesion:
@@ -131,7 +131,7 @@ def pair_metrics_program(methods: tuple, placement: tuple, tolerance: float, les
         for name, m in (("tl", maps[0]), ("ft", maps[1])):
           scores = metrics.localize(m, lesion_mask, tolerance=tolerance, **placement)
           loc.update({f"{name}_{k}": scores[k] for k in LOCALIZATION})
-        loc["pointing_chance"] = scores["pointing_chance"]  # the mask's and grid's, not the map's
+        loc["pointing_chance"] = scores["pointing_chance"]  # the mask's and grid's
         cols["localization"] = loc
       out[method] = cols
     return out
@@ -139,21 +139,12 @@ def pair_metrics_program(methods: tuple, placement: tuple, tolerance: float, les
   return jax.jit(program)
 
 
-@functools.lru_cache(maxsize=32)
-def reference_metrics_program(methods: tuple, placement: tuple):
-  """Jitted `(maps, references) -> {method: {"map": maps, ref: drift dict}}`.
-
-  maps: {method: [B, h, w]} of one checkpoint; references: {name: {method: [B, h, w]}}
-  (e.g. "tl", "previous"): the drift of each reference's maps (a) against `maps` (b).
-  """
-  placement = dict(placement)
-
-  def program(maps, references):
-    return {m: {"map": maps[m], **{name: metrics.drift(ref[m], maps[m], **placement)
-                                   for name, ref in references.items()}}
-            for m in methods}
-
-  return jax.jit(program)
+def drift_program(placement: dict, mesh):
+  """`(maps_a, maps_b, mask) -> drift dict` of [B] arrays (padding NaN / False): the
+  sharded `jd.metrics.drift_step`, one compiled program per run for every comparison
+  (TL/FT, epochs, nulls). On the CPU it holds the numpy sort callback, which the
+  persistent cache cannot keep: sharing it keeps the stage at one such compile."""
+  return metrics.drift_step(metrics.make_params(**placement), mesh)
 
 
 class Attribution:
@@ -203,8 +194,8 @@ class Attribution:
 def device_batches(host_batches, mesh, num_classes: int, clock: StageClock, prefetch: int = 2):
   """Yields (host batch, device batch) pairs, `prefetch` batches placed ahead.
 
-  The device batch holds "image", "weights" (one-hot targets [B, K]) and "lesion_mask"
-  when the split has one; everything else stays on the host (ids, labels, mask, index).
+  The device batch holds "image", "weights" (one-hot targets [B, K]), "mask" and
+  "lesion_mask" when the split has one; ids, labels and indices stay on the host.
   """
   sharding = distributed.batch_sharding(mesh)
   queue = collections.deque()
@@ -216,7 +207,7 @@ def device_batches(host_batches, mesh, num_classes: int, clock: StageClock, pref
         if host is None:
           break
         weights = cam.checks.target_weights(host["label"], len(host["label"]), num_classes)
-        placed = {"image": host["image"], "weights": weights}
+        placed = {"image": host["image"], "weights": weights, "mask": host["mask"]}
         if "lesion_mask" in host:
           placed["lesion_mask"] = host["lesion_mask"]
         queue.append((host, jax.device_put(placed, sharding)))

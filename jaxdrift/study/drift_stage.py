@@ -245,17 +245,23 @@ def open_stage(workdir, config: DriftConfig, data_dir=None, clock=None) -> Stage
 
 def pair_dispatch(stage: Stage, tl_vars, ft_vars):
   """The per-batch device function of a pair of checkpoints: (host, device batch) ->
-  {layer: ({method: columns}, all_finite)} of device arrays (`pair_metrics_program`)."""
-  programs = {layer: drift_device.pair_metrics_program(
+  {layer: ({method: columns}, all_finite)} of device arrays, nothing waited for. Columns:
+  `drift_device.pair_program`'s, plus "drift" (the `jd.metrics.drift` dict)."""
+  programs = {layer: drift_device.pair_program(
       tuple(stage.config.methods), drift_device.hashable(stage.placement[layer]),
       float(stage.config.pointing_tolerance * stage.size), stage.lesion)
       for layer in stage.layers}
+  drifts = {layer: drift_device.drift_program(stage.placement[layer], stage.mesh)
+            for layer in stage.layers}
 
   def dispatch(host, batch):
     out = {}
     for layer in stage.layers:
       maps, finite = stage.attribution.pair(layer, tl_vars, ft_vars, batch)
-      out[layer] = (programs[layer](maps, batch.get("lesion_mask")), finite)
+      cols = programs[layer](maps, batch.get("lesion_mask"))
+      for c in cols.values():
+        c["drift"] = drifts[layer](c["maps"]["tl"], c["maps"]["ft"], batch["mask"])
+      out[layer] = (cols, finite)
     return out
 
   return dispatch
@@ -491,11 +497,10 @@ def _nulls(stage: Stage, table, selected, collected: Collected) -> list[dict]:
     out = {}
     for layer in stage.layers:
       refs = next(chunk_refs[layer])
-      refs.pop("mask")
       maps, flag = stage.attribution.single(layer, stage.ft_vars, batch)
-      program = drift_device.reference_metrics_program(
-          tuple(config.methods), drift_device.hashable(stage.placement[layer]))
-      out[layer] = (program(maps, {"tl": refs}), flag)
+      drift = drift_device.drift_program(stage.placement[layer], stage.mesh)
+      out[layer] = ({m: {"tl": drift(refs[m], maps[m], batch["mask"])}
+                     for m in config.methods}, flag)
     return out
 
   def on_noisy(host, out):

@@ -4,8 +4,8 @@ and against the previous epoch (the drift stage's epochs.csv, and its summary).
 Each epoch's checkpoint is restored in a background thread while the previous one is being
 explained, and compared with the TL and FT checkpoints there (an epoch with their weights
 reuses their maps). Per batch the device computes the epoch's maps and their drift against
-both references (`drift_device.reference_metrics_program`); the host keeps the native maps,
-the next epoch's "previous".
+both references (`drift_device.drift_program`); the host keeps the native maps, the next
+epoch's "previous".
 """
 
 import concurrent.futures
@@ -88,9 +88,13 @@ def table(stage, samples: dict, maps: dict) -> dict:
     return results.concat(columns)
 
 
-def _program(stage, layer):
-  return drift_device.reference_metrics_program(
-      tuple(stage.config.methods), drift_device.hashable(stage.placement[layer]))
+def _against(stage, layer, maps, references, mask):
+  """{method: {"map": maps, reference: drift dict}}: the drift of each reference's maps
+  (a) against `maps` (b), all [B, h, w], dispatched to the stage's one drift program."""
+  drift = drift_device.drift_program(stage.placement[layer], stage.mesh)
+  return {m: {"map": maps[m], **{name: drift(ref[m], maps[m], mask)
+                                 for name, ref in references.items()}}
+          for m in stage.config.methods}
 
 
 def _gather(stage, parts):
@@ -139,7 +143,7 @@ def _maps_and_drift(stage, variables, refs, index):
     out = {}
     for layer in stage.layers:
       maps, flag = stage.attribution.single(layer, variables, batch)
-      out[layer] = (_program(stage, layer)(maps, by_layer[layer]), flag)
+      out[layer] = (_against(stage, layer, maps, by_layer[layer], batch["mask"]), flag)
     return out
 
   def consume(host, out):
@@ -171,7 +175,8 @@ def _drift_of_known(stage, maps, refs):
     mine = _refs_of_batch(stage, {"maps": maps}, rows, keep)
     by_layer = _refs_of_batch(stage, refs, rows, keep)
     with stage.clock.part("device"):
-      out = jax.device_get({layer: _program(stage, layer)(mine[layer]["maps"], by_layer[layer])
+      out = jax.device_get({layer: _against(stage, layer, mine[layer]["maps"],
+                                            by_layer[layer], keep)
                             for layer in stage.layers})
     parts.append({layer: {m: {k: (results.subset(v, keep) if isinstance(v, dict) else v[keep])
                               for k, v in cols.items()} for m, cols in out[layer].items()}
