@@ -129,3 +129,14 @@ def test_pair_programs_equal_compute_pair_drift_and_localize():
   step(cols["layercam"]["maps"]["tl"], cols["layercam"]["maps"]["ft"], batch["mask"])
   assert (program._cache_size(), pair._cache_size(), step.jitted._cache_size()) == sizes
   assert sizes == (1, 1, 1)
+
+
+def test_permutation_null_in_fixed_batches_equals_the_whole_set():
+  rng = np.random.default_rng(3)
+  a, b = (rng.uniform(size=(3, 4, 4)).astype(np.float32) for _ in range(2))
+  key = jax.random.key(5)
+  whole = jd.metrics.permutation_null(a, b, key, **PLACEMENT)
+  batched = jd.metrics.permutation_null(a, b, key, batch_size=4, **PLACEMENT)
+  np.testing.assert_array_equal(batched["partner"], whole["partner"])
+  for k in ("iou", "displacement", "pearson", "valid"):
+    np.testing.assert_allclose(batched[k], whole[k], rtol=1e-6, err_msg=k)
