@@ -191,6 +191,30 @@ class Attribution:
     return {m: r.maps for m, r in out.items()}, finite
 
 
+def pair_dispatch(stage, tl_vars, ft_vars):
+  """The per-batch device function of a pair of checkpoints: (host, device batch) ->
+  {layer: ({method: columns}, all_finite)} of device arrays, nothing waited for. Columns:
+  `pair_program`'s, plus "drift" (the `jd.metrics.drift` dict)."""
+  programs = {layer: pair_program(
+      tuple(stage.config.methods), hashable(stage.placement[layer]),
+      float(stage.config.pointing_tolerance * stage.size), stage.lesion)
+      for layer in stage.layers}
+  drifts = {layer: drift_program(stage.placement[layer], stage.mesh)
+            for layer in stage.layers}
+
+  def dispatch(host, batch):
+    out = {}
+    for layer in stage.layers:
+      maps, finite = stage.attribution.pair(layer, tl_vars, ft_vars, batch)
+      cols = programs[layer](maps, batch.get("lesion_mask"))
+      for c in cols.values():
+        c["drift"] = drifts[layer](c["maps"]["tl"], c["maps"]["ft"], batch["mask"])
+      out[layer] = (cols, finite)
+    return out
+
+  return dispatch
+
+
 def device_batches(host_batches, mesh, num_classes: int, clock: StageClock, prefetch: int = 2):
   """Yields (host batch, device batch) pairs, `prefetch` batches placed ahead.
 

@@ -17,9 +17,14 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
   DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
                             configuration does nothing
 
-The test split runs once through both checkpoints per layer: `jd.cam.compute_pair` returns
-the logits (so the predictions) and every method's maps from one program. Maps are compared
-at the input resolution (bilinear, as FACTS.md s.5 defines), with each cell placed where the
+  DIR/drift/timings.json    the stage's seconds: compile, input, device, host, write, total
+
+The test split runs once through both checkpoints per layer: the program of
+`jd.cam.compute_pair` returns the logits (so the predictions) and every method's maps, and
+the metrics, the localisation and the nulls run on the device too, batch by batch, with the
+host one batch behind (`drift_device`). Per-epoch checkpoints are restored ahead in a
+thread (`epoch_drift`). Maps are compared at the input resolution (bilinear, as
+docs/metrics.md defines), with each cell placed where the
 network centred it (`jd.models.cam_grid`, for layers on the canonical feature map's grid;
 half-pixel centres for other layers or with grid="half_pixel"). On phantoms the pointing
 game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size.
@@ -29,14 +34,13 @@ import dataclasses
 import pathlib
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdrift import cam, data, metrics, models, train
+from jaxdrift import cam, data, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import drift_device, epoch_drift, results
+from jaxdrift.study import drift_device, drift_nulls, epoch_drift, results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,30 +247,6 @@ def open_stage(workdir, config: DriftConfig, data_dir=None, clock=None) -> Stage
       clock=clock, memo=data.Memo() if config.epochs == "all" else None)
 
 
-def pair_dispatch(stage: Stage, tl_vars, ft_vars):
-  """The per-batch device function of a pair of checkpoints: (host, device batch) ->
-  {layer: ({method: columns}, all_finite)} of device arrays, nothing waited for. Columns:
-  `drift_device.pair_program`'s, plus "drift" (the `jd.metrics.drift` dict)."""
-  programs = {layer: drift_device.pair_program(
-      tuple(stage.config.methods), drift_device.hashable(stage.placement[layer]),
-      float(stage.config.pointing_tolerance * stage.size), stage.lesion)
-      for layer in stage.layers}
-  drifts = {layer: drift_device.drift_program(stage.placement[layer], stage.mesh)
-            for layer in stage.layers}
-
-  def dispatch(host, batch):
-    out = {}
-    for layer in stage.layers:
-      maps, finite = stage.attribution.pair(layer, tl_vars, ft_vars, batch)
-      cols = programs[layer](maps, batch.get("lesion_mask"))
-      for c in cols.values():
-        c["drift"] = drifts[layer](c["maps"]["tl"], c["maps"]["ft"], batch["mask"])
-      out[layer] = (cols, finite)
-    return out
-
-  return dispatch
-
-
 @dataclasses.dataclass
 class Collected:
   """The main pass's results on the host, in the split's order."""
@@ -328,7 +308,7 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
 
   try:
     drift_device.run_batches(stage.device_batches(),
-                             pair_dispatch(stage, stage.tl_vars, stage.ft_vars), consume,
+                             drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars), consume,
                              stage.clock)
   finally:
     if bar is not None:
@@ -377,7 +357,7 @@ def aggregate(stage: Stage, table: dict, selected: np.ndarray, collected: Collec
         "method_tests": stats.compare_methods(table, metrics=results.metric_columns(table),
                                               selection=config.selection),
     }
-  out["nulls"] = _nulls(stage, table, selected, collected)
+  out["nulls"] = drift_nulls.nulls(stage, table, selected, collected)
   out["classification"] = _classification(stage.workdir)
   if stage.lesion:
     with stage.clock.part("host"):
@@ -440,101 +420,6 @@ def _placement(arch, shapes, layer, size, config) -> dict:
   canonical = shapes[models.default_cam_layer(arch)].shape[1:3]
   on_grid = config.grid == "network" and shapes[layer].shape[1:3] == canonical
   return dict(resolution=(size, size), grid=models.cam_grid(arch, size) if on_grid else None)
-
-
-def _random_head(ft_vars, key) -> dict:
-  """FT variables with the 'predictions' layer re-initialised (flax Dense defaults)."""
-  kernel = ft_vars["params"]["predictions"]["kernel"]
-  head = nn.Dense(kernel.shape[1]).init(key, jnp.zeros((1, kernel.shape[0])))["params"]
-  return {**ft_vars, "params": {**ft_vars["params"], "predictions": head}}
-
-
-def _nulls(stage: Stage, table, selected, collected: Collected) -> list[dict]:
-  """Null baselines per method and layer, reported beside the real drift:
-
-  perturbation: the FT checkpoint against itself on inputs with Gaussian noise of std
-    `perturbation_sigma` (explanation noise); random_head: FT maps against maps of the FT
-    backbone under a randomly re-initialised head; permutation: TL and FT maps of different
-    images of the same class (shuffled pairing).
-
-  The first two run through the stage's own per-batch programs (fixed shapes, on the
-  device); the permutation null pairs the maps already on the host.
-  """
-  config, clock = stage.config, stage.clock
-  perturb_key, permute_key, head_key = jax.random.split(jax.random.key(config.seed), 3)
-  with clock.part("input"):
-    random_head = stage.attribution.place(_random_head(stage.ft_vars, head_key))
-  images, labels = collected.null_images, collected.null_labels
-  arrays = {"image": images, "label": labels, "id": np.array([""] * len(labels)),
-            "index": np.arange(len(labels))}
-  if stage.lesion:  # no localisation is reported for the nulls; the program takes masks
-    arrays["lesion_mask"] = np.zeros((len(labels), stage.size, stage.size), bool)
-  head = {key: [] for key in stage.keys}
-  ft_maps = {key: [] for key in stage.keys}
-  finite = []
-
-  def on_head(host, out):
-    keep = host["mask"]
-    for layer in stage.layers:
-      by_method, flag = out[layer]
-      finite.append(flag)
-      for method in config.methods:
-        head[method, layer].append(results.subset(by_method[method]["drift"], keep))
-        ft_maps[method, layer].append(by_method[method]["maps"]["tl"][keep])
-
-  chunks = drift_device.padded_chunks(arrays, stage.batch_size)
-  drift_device.run_batches(stage.device_batches(chunks),
-                           pair_dispatch(stage, stage.ft_vars, random_head), on_head, clock)
-  ft_maps = {k: np.concatenate(v) for k, v in ft_maps.items()}
-  with clock.part("device"):
-    noisy = np.asarray(metrics.nulls.perturb(images, perturb_key, config.perturbation_sigma))
-  perturbation = {key: [] for key in stage.keys}
-  chunk_refs = {layer: drift_device.padded_chunks(
-      {m: ft_maps[m, layer] for m in config.methods}, stage.batch_size)
-      for layer in stage.layers}
-
-  def dispatch_noisy(host, batch):
-    out = {}
-    for layer in stage.layers:
-      refs = next(chunk_refs[layer])
-      maps, flag = stage.attribution.single(layer, stage.ft_vars, batch)
-      drift = drift_device.drift_program(stage.placement[layer], stage.mesh)
-      out[layer] = ({m: {"tl": drift(refs[m], maps[m], batch["mask"])}
-                     for m in config.methods}, flag)
-    return out
-
-  def on_noisy(host, out):
-    for layer in stage.layers:
-      by_method, flag = out[layer]
-      finite.append(flag)
-      for method in config.methods:
-        perturbation[method, layer].append(results.subset(by_method[method]["tl"],
-                                                          host["mask"]))
-
-  drift_device.run_batches(
-      stage.device_batches(drift_device.padded_chunks({**arrays, "image": noisy},
-                                                      stage.batch_size)),
-      dispatch_noisy, on_noisy, clock)
-  drift_device.check_finite(finite)
-  out = []
-  with clock.part("host"):
-    for method, layer in stage.keys:
-      rows = (table["method"] == method) & (table["layer"] == layer)
-      keep = selected[rows]
-      maps = collected.maps[method, layer]
-      nulls = {
-          "perturbation": results.concat(perturbation[method, layer]),
-          "random_head": results.concat(head[method, layer]),
-          "permutation": metrics.permutation_null(
-              maps["tl"][keep], maps["ft"][keep], permute_key,
-              groups=table["label"][rows][keep], batch_size=stage.batch_size,
-              **stage.placement[layer]),
-      }
-      real = {k: table[k][rows][keep] for k in results.metric_columns(table) + ["valid"]}
-      for row in metrics.null_report(real, nulls, metrics=results.metric_columns(table),
-                                     seed=config.seed):
-        out.append(dict(method=method, layer=layer, **row))
-  return out
 
 
 def _classification(workdir) -> dict:
