@@ -104,14 +104,14 @@ def _bare_train_rates(config) -> dict:
 
 def _bare_drift_rate(workdir, drift) -> float:
   """Image-checkpoints/s of the stage's per-batch programs on one resident batch."""
+  import jax
   from benchmarks import common
-  from jaxdrift.study import drift_stage
+  from jaxdrift.study import drift_device, drift_stage
 
   stage = drift_stage.open_stage(workdir, drift)
   host, batch = next(iter(stage.device_batches()))
-  dispatch = drift_stage.pair_dispatch(stage, stage.tl_vars, stage.ft_vars)
+  dispatch = drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars)
   call = lambda: dispatch(host, batch)
-  import jax
   jax.block_until_ready(call())
   seconds = common.interleaved({"bare": call}, rounds=5)["bare"]
   return 2 * stage.batch_size / seconds
