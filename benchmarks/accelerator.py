@@ -140,6 +140,7 @@ def child(args) -> None:
   runs = configs(args.small, args.archs.split(","), args.data_dir)
   for config, _ in runs.values():  # each dataset once, outside the measured windows
     jd.train.loop.load_sources(config)
+  import scipy.stats  # noqa: F401 -- imported by the stage's tests once per process
   out = {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}",
          "archs": {}}
   for arch, (config, drift) in runs.items():
