@@ -30,6 +30,7 @@ half-pixel centres for other layers or with grid="half_pixel"). On phantoms the 
 game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size.
 """
 
+import concurrent.futures
 import dataclasses
 import pathlib
 from typing import Any
@@ -342,26 +343,34 @@ def tabulate(stage: Stage, collected: Collected) -> tuple[dict, np.ndarray]:
   return table, selected
 
 
-def aggregate(stage: Stage, table: dict, selected: np.ndarray, collected: Collected,
-              manifest: dict) -> dict:
-  """aggregates.json without the epochs: summaries, method tests, nulls, classification
-  and, on phantoms, localisation."""
+def host_statistics(stage: Stage, table: dict, manifest: dict) -> dict:
+  """The parts of aggregates.json that only need the samples table (numpy and scipy on
+  the host: summaries with bootstrap CIs, method tests and, on phantoms, localisation).
+  Pure: `run_drift` runs it in a thread while the device computes the nulls and epochs."""
   config = stage.config
-  with stage.clock.part("host"):
-    out = {
-        "arch": stage.run_config["arch"], "model_arch": stage.run_config["model_arch"],
-        "config": manifest, "class_names": stage.run_config["class_names"],
-        "input_size": stage.size, "layers": dict(zip(config.layers, stage.layers)),
-        "summary": stats.summarize(table, metrics=results.metric_columns(table),
-                                   selection=config.selection, seed=config.seed),
-        "method_tests": stats.compare_methods(table, metrics=results.metric_columns(table),
-                                              selection=config.selection),
-    }
-  out["nulls"] = drift_nulls.nulls(stage, table, selected, collected)
-  out["classification"] = _classification(stage.workdir)
+  metric_names = results.metric_columns(table)
+  out = {
+      "arch": stage.run_config["arch"], "model_arch": stage.run_config["model_arch"],
+      "config": manifest, "class_names": stage.run_config["class_names"],
+      "input_size": stage.size, "layers": dict(zip(config.layers, stage.layers)),
+      "summary": stats.summarize(table, metrics=metric_names, selection=config.selection,
+                                 seed=config.seed),
+      "method_tests": stats.compare_methods(table, metrics=metric_names,
+                                            selection=config.selection),
+  }
   if stage.lesion:
-    with stage.clock.part("host"):
-      out["localization"] = _localization(table, stage.run_config["class_names"])
+    out["localization"] = _localization(table, stage.run_config["class_names"])
+  return out
+
+
+def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None) -> dict:
+  """aggregates.json, its keys in a fixed order (`host_statistics`' first)."""
+  out = {k: v for k, v in statistics.items() if k != "localization"}
+  out.update(nulls=nulls, classification=classification)
+  if "localization" in statistics:
+    out["localization"] = statistics["localization"]
+  if epochs is not None:
+    out["epochs"] = epochs
   return out
 
 
@@ -399,13 +408,20 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
     with clock.part("write"):
       np.savez_compressed(paths["examples"],
                           class_names=np.array(stage.run_config["class_names"]), **examples)
-    aggregates = aggregate(stage, table, selected, collected, manifest)
-    if config.epochs == "all":
-      epoch_table = epoch_drift.table(stage, table, collected.maps)
-      with clock.part("write"):
-        results.write_table(epoch_table, paths["epochs"])
+    # The host's statistics run beside the device's nulls and epochs (the clock counts
+    # "host" for the wait on them only: the parts of a stage never overlap).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdrift-stats") as pool:
+      statistics = pool.submit(host_statistics, stage, table, manifest)
+      nulls = drift_nulls.nulls(stage, table, selected, collected)
+      epochs, epoch_table = None, None
+      if config.epochs == "all":
+        epoch_table = epoch_drift.table(stage, table, collected.maps)
+        with clock.part("write"):
+          results.write_table(epoch_table, paths["epochs"])
+        with clock.part("host"):
+          epochs = epoch_drift.summarize(epoch_table, table, selected)
       with clock.part("host"):
-        aggregates["epochs"] = epoch_drift.summarize(epoch_table, table, selected)
+        aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs)
     with clock.part("write"):
       results.write_json(aggregates, paths["aggregates"])
       results.write_json(manifest, done)
