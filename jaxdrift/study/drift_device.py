@@ -1,15 +1,17 @@
 """The drift stage's device side: per-batch programs, the batch stream, the stage's clock.
 
 Per batch the host hands the device a padded, fixed-shape batch (images, one-hot targets,
-lesion masks) and dispatches two jitted programs back to back without waiting:
+mask, lesion masks) and dispatches jitted programs back to back without waiting:
 
   attribution  `jaxdrift.cam`'s program of every method at one layer (both checkpoints, or
                one), the program `jd.cam.compute_pair` / `compute_many` run; it holds no
                host callback, so the persistent compilation cache keeps it across runs;
-  metrics      every drift metric of the upsampled maps, the predictions, the all-zero
-               flags and (on phantoms) the localisation against the lesion masks. On the
-               CPU its order statistics run in a numpy callback, which XLA cannot cache:
-               a small program recompiled per process.
+  pair         the predictions, the all-zero flags, the native maps and (on phantoms) the
+               localisation against the lesion masks (`pair_program`);
+  drift        every drift metric of the upsampled maps (`drift_program`): ONE program for
+               every comparison of the stage (TL/FT, epochs, nulls). On the CPU its order
+               statistics run in a numpy callback, which XLA's persistent cache cannot
+               keep: one small program recompiled per process (two with localisation).
 
 The host then reads the PREVIOUS batch's results in one `jax.device_get` (a dict of
 per-image arrays, native-resolution maps included), so the device always has a batch queued
@@ -17,8 +19,8 @@ while the host tabulates. Every batch has the same shape (the eval path pads the
 and marks it in "mask"), so each program compiles once per run.
 
 A pair program returns {method: {"extra": ..., "maps": ..., ...}}: further per-image
-columns (a faithfulness score, ...) are further entries of the same dict; the dispatch
-function of the stage adds "drift" from `drift_program`.
+columns (a faithfulness score, ...) are further entries of the same dict; `pair_dispatch`
+adds "drift".
 """
 
 import collections
