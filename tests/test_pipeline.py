@@ -221,3 +221,26 @@ def test_drift_stage_places_maps_on_the_networks_grid(run, tmp_path):
   assert not np.allclose(half["displacement"], network["displacement"], equal_nan=True)
   assert not np.allclose(half["ft_energy_inside"], network["ft_energy_inside"],
                          equal_nan=True)
+
+
+def test_drift_stage_rerun_into_a_fresh_dir_writes_the_same_bytes(run, tmp_path):
+  """The drift stage again, in this process, on a copy of a run without its drift/ (a
+  fresh output directory): the same bytes as the worker process wrote. Its seconds are
+  split into compile, input, device, host and write, in ROOT/timings.json as well."""
+  root, data_dir, _ = run
+  workdir = tmp_path / "resnet50v2"
+  shutil.copytree(root / "resnet50v2", workdir, ignore=shutil.ignore_patterns("drift"))
+  out = jd.study.run_drift(workdir, jd.study.DRIFT_PRESETS["smoke"], data_dir=data_dir,
+                           progress=False)
+  for name in ("samples.csv", "aggregates.json", "epochs.csv", "examples.npz"):
+    assert (workdir / "drift" / name).read_bytes() == (
+        root / "resnet50v2" / "drift" / name).read_bytes(), name
+  parts = ("compile", "input", "device", "host", "write")
+  assert set(out["timings"]) == {*parts, "total"}
+  assert min(out["timings"].values()) >= 0 and out["timings"]["device"] > 0
+  assert out["timings"]["total"] == pytest.approx(sum(out["timings"][p] for p in parts),
+                                                  abs=0.01)
+  assert results.read_json(workdir / "drift" / "timings.json") == out["timings"]
+  split = json.loads((root / "timings.json").read_text())["resnet50v2"]["drift_split"]
+  assert split["total"] <= json.loads((root / "timings.json").read_text())[
+      "resnet50v2"]["drift"] + 0.01 and split["compile"] > 0

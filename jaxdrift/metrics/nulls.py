@@ -18,6 +18,14 @@ import numpy as np
 
 from jaxdrift.metrics.drift import drift
 from jaxdrift.metrics.stats import _rng, describe
+from jaxdrift.metrics.streaming import drift_stream
+
+
+def perturb(images, key, sigma=0.01):
+  """images [B, H, W, C] plus Gaussian noise of std `sigma` times each image's own std."""
+  images = jnp.asarray(images, jnp.float32)
+  scale = sigma * jnp.std(images, axis=tuple(range(1, images.ndim)), keepdims=True)
+  return images + scale * jax.random.normal(key, images.shape, images.dtype)
 
 
 def perturbation_null(maps_fn, images, key, sigma=0.01, resolution=None, **params):
@@ -34,9 +42,7 @@ def perturbation_null(maps_fn, images, key, sigma=0.01, resolution=None, **param
     The `drift` dict for the pairs (maps of images, maps of images + noise).
   """
   images = jnp.asarray(images, jnp.float32)
-  scale = sigma * jnp.std(images, axis=tuple(range(1, images.ndim)), keepdims=True)
-  noisy = images + scale * jax.random.normal(key, images.shape, images.dtype)
-  return drift(maps_fn(images), maps_fn(noisy), resolution, **params)
+  return drift(maps_fn(images), maps_fn(perturb(images, key, sigma)), resolution, **params)
 
 
 def head_null(maps_fn, random_head_maps_fn, images, resolution=None, **params):
@@ -69,8 +75,12 @@ def shuffled_pairing(key, n, groups=None):
   return index
 
 
-def permutation_null(maps_a, maps_b, key, groups=None, resolution=None, **params):
+def permutation_null(maps_a, maps_b, key, groups=None, resolution=None, batch_size=None,
+                     **params):
   """Drift of maps_a [B, h, w] against maps_b of other images (`shuffled_pairing`).
+
+  With `batch_size`, the pairs go through `drift_stream` in padded batches of that fixed
+  shape (one compile whatever B is: the drift stage's selection changes B from run to run).
 
   Returns:
     The `drift` dict plus "partner" [B] (the image index each TL map was paired with) and
@@ -80,7 +90,12 @@ def permutation_null(maps_a, maps_b, key, groups=None, resolution=None, **params
   maps_a = np.asarray(maps_a, np.float32)
   maps_b = np.asarray(maps_b, np.float32)
   partner = shuffled_pairing(key, maps_a.shape[0], groups)
-  out = dict(drift(maps_a, maps_b[partner], resolution, **params))
+  if batch_size is None:
+    out = dict(drift(maps_a, maps_b[partner], resolution, **params))
+  else:
+    pairs = ((maps_a[i:i + batch_size], maps_b[partner[i:i + batch_size]])
+             for i in range(0, maps_a.shape[0], batch_size))
+    out = drift_stream(pairs, batch_size, resolution=resolution, **params)
   shuffled = jnp.asarray(partner != np.arange(partner.size))
   out = {k: (v & shuffled) if v.dtype == jnp.bool_ else jnp.where(shuffled, v, jnp.nan)
          for k, v in out.items()}

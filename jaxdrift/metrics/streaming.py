@@ -39,8 +39,10 @@ def drift_step(params, mesh):
     mesh: a `Mesh` with a "data" axis; batches are split along it.
 
   Returns:
-    A jitted function of maps_a, maps_b [B, h, w] float32 and mask [B] bool, B divisible by
-    the size of the "data" axis, returning the `drift` dict with padded entries NaN/False.
+    A function of maps_a, maps_b [B, h, w] float32 and mask [B] bool (numpy or jax), B
+    divisible by the size of the "data" axis, returning the `drift` dict with padded
+    entries NaN/False. It places its inputs on the mesh and calls one jitted program
+    (its `.jitted`), so that host and device inputs share one compile per shape.
   """
   spec = P(DATA_AXIS)
   # check_vma=False: the CPU sort is a pure_callback, whose outputs carry no varying-axis
@@ -48,7 +50,16 @@ def drift_step(params, mesh):
   sharded = jax.shard_map(functools.partial(_masked_metrics, params=params), mesh=mesh,
                           in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
   sharding = distributed.batch_sharding(mesh)
-  return jax.jit(sharded, in_shardings=(sharding,) * 3, out_shardings=sharding)
+  step = jax.jit(sharded, in_shardings=(sharding,) * 3, out_shardings=sharding)
+
+  def placed(maps_a, maps_b, mask):
+    # Host arrays, other programs' outputs (single-device) and arrays already on the mesh
+    # are distinct cache entries for jit even where they are equivalent: placing every
+    # input first keeps it at one compile per shape.
+    return step(*jax.device_put((maps_a, maps_b, mask), sharding))
+
+  placed.jitted = step
+  return placed
 
 
 def pad_batch(maps_a, maps_b, batch_size, mask=None):

@@ -17,28 +17,34 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
   DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
                             configuration does nothing
 
-The test split runs once through both checkpoints per layer: `jd.cam.compute_pair` returns
-the logits (so the predictions) and every method's maps from one program. Maps are compared
-at the input resolution (bilinear, as FACTS.md s.5 defines), with each cell placed where the
+  DIR/drift/timings.json    the stage's seconds: compile, input, device, host, write, total
+
+The test split runs once through both checkpoints per layer: the program of
+`jd.cam.compute_pair` returns the logits (so the predictions) and every method's maps, and
+the metrics, the localisation and the nulls run on the device too, batch by batch, with the
+host one batch behind (`drift_device`). Per-epoch checkpoints are restored ahead in a
+thread (`epoch_drift`). Maps are compared at the input resolution (bilinear, as
+docs/metrics.md defines), with each cell placed where the
 network centred it (`jd.models.cam_grid`, for layers on the canonical feature map's grid;
 half-pixel centres for other layers or with grid="half_pixel"). On phantoms the pointing
 game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size.
 """
 
+import concurrent.futures
 import dataclasses
 import math
 import numbers
 import pathlib
 import re
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdrift import cam, data, metrics, models, train
+from jaxdrift import cam, data, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import epoch_drift, results
+from jaxdrift.study import drift_device, drift_nulls, epoch_drift, results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +167,21 @@ class _Examples:
       self.items.setdefault(key, {}).setdefault(int(cls), []).append(
           (image, tl_map, ft_map, image_id))
 
-  def arrays(self) -> dict:
+  def arrays(self, placement: dict, size: int) -> dict:
+    """{"method|layer|label|image|tl|ft|id": arrays}, maps upsampled to `size` on the
+    network's grid (`placement`), one call per method and layer."""
     out = {}
     for (method, layer), by_class in self.items.items():
       rows = [(c, *item) for c, items in sorted(by_class.items()) for item in items]
       if not rows:
         continue
       prefix = f"{method}|{layer}"
+      grid = placement[layer]["grid"]
       out[f"{prefix}|label"] = np.array([r[0] for r in rows])
       out[f"{prefix}|image"] = np.stack([r[1] for r in rows])
-      out[f"{prefix}|tl"] = np.stack([r[2] for r in rows])
-      out[f"{prefix}|ft"] = np.stack([r[3] for r in rows])
+      for name, i in (("tl", 2), ("ft", 3)):
+        out[f"{prefix}|{name}"] = np.asarray(cam.upsample(np.stack([r[i] for r in rows]),
+                                                          (size, size), grid))
       out[f"{prefix}|id"] = np.array([r[4] for r in rows])
     return out
 
@@ -200,108 +210,164 @@ def drift_done(workdir, config: DriftConfig = DriftConfig()) -> bool:
       p.exists() for p in paths.values() if p is not None)
 
 
-def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
-              progress: bool = True) -> dict:
-  """Runs the drift stage on a training workdir (see the module docstring).
+@dataclasses.dataclass
+class Stage:
+  """What the drift stage reads once from a workdir: model, checkpoints, split, choices."""
 
-  Returns:
-    {"samples": path, "aggregates": path, "examples": path, "epochs": path or None,
-     "skipped": True when a previous run with the same configuration was complete}.
+  workdir: pathlib.Path
+  config: DriftConfig
+  model: Any
+  tl_vars: dict
+  ft_vars: dict
+  run_config: dict
+  layers: list  # resolved Keras layer names
+  spec_of: dict  # resolved name -> the name asked for ("canonical", ...)
+  placement: dict  # layer -> `metrics.drift` keywords (resolution, grid)
+  source: Any
+  mesh: Any
+  batch_size: int
+  lesion: bool
+  attribution: drift_device.Attribution
+  clock: drift_device.StageClock
+  memo: Any = None
 
-  Raises:
-    DriftStageError: the selection is empty, or a layer does not exist.
-    jaxdrift.train.CheckpointError: a checkpoint is missing or of another architecture.
-  """
+  @property
+  def size(self) -> int:
+    return self.run_config["input_size"]
+
+  @property
+  def keys(self) -> list:
+    """(method, layer) pairs, method-major: the order of every per-map table."""
+    return [(m, l) for m in self.config.methods for l in self.layers]
+
+  def host_batches(self):
+    """The split's batches on the host, in order, padded to the stage's batch size."""
+    return data.host_batches(self.source, arch=self.run_config["model_arch"],
+                             batch_size=self.batch_size, train=False, image_size=self.size,
+                             memo=self.memo)
+
+  def device_batches(self, host_batches=None):
+    return drift_device.device_batches(
+        self.host_batches() if host_batches is None else host_batches, self.mesh,
+        self.run_config["num_classes"], self.clock)
+
+  def steps(self) -> int:
+    return data.steps_per_epoch(len(self.source), self.batch_size, False)
+
+
+def open_stage(workdir, config: DriftConfig, data_dir=None, clock=None) -> Stage:
+  """Loads both checkpoints and the split of a training workdir for the drift stage."""
   workdir = pathlib.Path(workdir)
-  paths, manifest, done = _outputs(workdir, config)
-  if drift_done(workdir, config):
-    return {**paths, "skipped": True}
-  # The manifest is written last: without it, files left by a run killed half-way (or of
-  # another configuration) never pass for finished.
-  done.unlink(missing_ok=True)
+  clock = clock or drift_device.StageClock()
+  with clock.part("input"):
+    model, tl_vars, run_config = train.load_checkpoint(workdir, "tl")
+    _, ft_vars, _ = train.load_checkpoint(workdir, "ft")
+    size = run_config["input_size"]
+    input_shape = (1, size, size, 3)
+    shapes = models.layer_shapes(model, input_shape)
+    layers = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
+    source = data.load(run_config["data"], config.split,
+                       data_dir=data_dir or run_config.get("data_dir"),
+                       **run_config.get("data_options", {}))
+    mesh = data.default_mesh()
+    shards = mesh.shape["data"]
+    attribution = drift_device.Attribution(model, layers, config.methods,
+                                           run_config["num_classes"], mesh)
+    tl_vars, ft_vars = attribution.place(tl_vars), attribution.place(ft_vars)
+  return Stage(
+      workdir=workdir, config=config, model=model, tl_vars=tl_vars, ft_vars=ft_vars,
+      run_config=run_config, layers=layers, spec_of=dict(zip(layers, config.layers)),
+      placement={layer: _placement(run_config["model_arch"], shapes, layer, size, config)
+                 for layer in layers},
+      source=source, mesh=mesh,
+      batch_size=config.batch_size - config.batch_size % shards or shards,
+      lesion="lesion_mask" in source.dataset_info.features, attribution=attribution,
+      clock=clock, memo=data.Memo() if config.epochs == "all" else None)
 
-  model, tl_vars, run_config = train.load_checkpoint(workdir, "tl")
-  _, ft_vars, _ = train.load_checkpoint(workdir, "ft")
-  size = run_config["input_size"]
-  class_names = run_config["class_names"]
-  input_shape = (1, size, size, 3)
-  shapes = models.layer_shapes(model, input_shape)
-  layers = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
-  spec_of = dict(zip(layers, config.layers))  # "canonical" -> "post_relu", ...
-  placement = {layer: _placement(run_config["model_arch"], shapes, layer, size, config)
-               for layer in layers}
-  source = data.load(run_config["data"], config.split,
-                     data_dir=data_dir or run_config.get("data_dir"),
-                     **run_config.get("data_options", {}))
-  mesh = data.default_mesh()
-  batch_size = config.batch_size - config.batch_size % mesh.shape["data"] or mesh.shape["data"]
 
+@dataclasses.dataclass
+class Collected:
+  """The main pass's results on the host, in the split's order."""
+
+  columns: list  # per (batch, layer, method): a table of the masked-in rows
+  maps: dict  # (method, layer) -> {"tl": [N, h, w], "ft": [N, h, w]} native maps
+  examples: "_Examples"
+  null_images: np.ndarray  # [n, H, W, C] the first `null_samples` images
+  null_labels: np.ndarray  # [n]
+
+
+def collect(stage: Stage, progress: bool = False) -> Collected:
+  """Maps of both checkpoints and every per-image metric over the split (device side),
+  gathered on the host one batch behind the device."""
+  config = stage.config
   columns, examples = [], _Examples(config.examples_per_class)
-  null_images, null_labels, lesion = [], [], False
-  tl_all = {(m, l): [] for m in config.methods for l in layers}
-  ft_all = {(m, l): [] for m in config.methods for l in layers}
-  # With --epochs all, a pass per epoch: the later ones take the split from memory.
-  memo = data.Memo() if config.epochs == "all" else None
-
-  def split_batches():
-    return data.batches(source, arch=run_config["model_arch"], batch_size=batch_size,
-                        train=False, image_size=size, mesh=mesh, memo=memo)
-
-  batches = split_batches()
+  maps = {key: {"tl": [], "ft": []} for key in stage.keys}
+  nulls, finite = {"image": [], "label": []}, []
+  bar = None
   if progress:
     import tqdm
-    batches = tqdm.tqdm(batches, total=data.steps_per_epoch(len(source), batch_size, False),
-                        desc=f"drift {workdir.name}", unit="batch")
-  for batch in batches:
-    keep = np.asarray(batch["mask"])
-    labels = np.asarray(batch["label"])
-    for layer in layers:
-      pair = cam.compute_pair(model, tl_vars, ft_vars, batch["image"], batch["label"],
-                              methods=config.methods, layer=layer)
-      logits = np.asarray(next(iter(pair.values())).logits)  # [2, B, K]
-      tl_pred, ft_pred = logits.argmax(-1)
-      for method, res in pair.items():
-        tl_maps, ft_maps = res.maps[0], res.maps[1]
-        d = metrics.drift(tl_maps, ft_maps, **placement[layer])
-        row = results.subset(d, keep)
-        row.update(image=np.asarray(batch["index"])[keep], id=np.asarray(batch["id"])[keep],
-                   label=labels[keep], tl_pred=tl_pred[keep], ft_pred=ft_pred[keep],
+    bar = tqdm.tqdm(total=stage.steps(), desc=f"drift {stage.workdir.name}", unit="batch")
+
+  def consume(host, out):
+    keep = np.asarray(host["mask"])
+    labels = np.asarray(host["label"])
+    for layer in stage.layers:
+      by_method, flag = out[layer]
+      finite.append(flag)
+      for method in config.methods:
+        cols = by_method[method]
+        extra = cols["extra"]
+        row = results.subset(cols["drift"], keep)
+        row.update(image=np.asarray(host["index"])[keep], id=np.asarray(host["id"])[keep],
+                   label=labels[keep], tl_pred=extra["tl_pred"][keep],
+                   ft_pred=extra["ft_pred"][keep],
                    method=np.full(keep.sum(), method, object),
                    layer=np.full(keep.sum(), layer, object),
-                   layer_spec=np.full(keep.sum(), spec_of[layer], object),
-                   tl_all_zero=np.asarray(res.all_zero[0])[keep],
-                   ft_all_zero=np.asarray(res.all_zero[1])[keep])
-        if "lesion_mask" in batch:
-          lesion = True
-          for name, maps in (("tl", tl_maps), ("ft", ft_maps)):
-            loc = metrics.localize(maps, batch["lesion_mask"], **placement[layer],
-                                   tolerance=config.pointing_tolerance * size)
-            for k in ("pointing_game", "energy_inside", "mask_iou"):
-              row[f"{name}_{k}"] = np.asarray(loc[k])[keep]
-          row["pointing_chance"] = np.asarray(loc["pointing_chance"])[keep]
+                   layer_spec=np.full(keep.sum(), stage.spec_of[layer], object),
+                   tl_all_zero=extra["tl_all_zero"][keep],
+                   ft_all_zero=extra["ft_all_zero"][keep])
+        if stage.lesion:
+          row.update(results.subset(cols["localization"], keep))
         columns.append(row)
-        tl_all[method, layer].append(np.asarray(tl_maps)[keep])
-        ft_all[method, layer].append(np.asarray(ft_maps)[keep])
-        both = keep & (tl_pred == labels) & (ft_pred == labels)
-        wanted = [i for i in np.flatnonzero(both) if examples.wants((method, layer), labels[i])]
-        if wanted:  # upsampled for figures only while some class still lacks examples
-          up_tl, up_ft = (np.asarray(cam.upsample(m, (size, size), placement[layer]["grid"]))
-                          for m in (tl_maps, ft_maps))
-          for i in wanted:
-            examples.offer((method, layer), labels[i], _display_image(batch["image"][i]),
-                           up_tl[i], up_ft[i], str(batch["id"][i]))
-    n_null = sum(len(x) for x in null_images)
-    if n_null < config.null_samples:
-      take = np.flatnonzero(keep)[: config.null_samples - n_null]
-      null_images.append(np.asarray(batch["image"])[take])
-      null_labels.append(labels[take])
+        for ckpt in ("tl", "ft"):
+          maps[method, layer][ckpt].append(cols["maps"][ckpt][keep])
+        both = keep & (extra["tl_pred"] == labels) & (extra["ft_pred"] == labels)
+        for i in np.flatnonzero(both):
+          if examples.wants((method, layer), labels[i]):
+            examples.offer((method, layer), labels[i], _display_image(host["image"][i]),
+                           cols["maps"]["tl"][i], cols["maps"]["ft"][i], str(host["id"][i]))
+    missing = config.null_samples - sum(len(x) for x in nulls["image"])
+    if missing > 0:
+      take = np.flatnonzero(keep)[:missing]
+      nulls["image"].append(np.asarray(host["image"])[take])
+      nulls["label"].append(labels[take])
+    if bar is not None:
+      bar.update()
 
-  table = results.concat(columns)
+  try:
+    drift_device.run_batches(stage.device_batches(),
+                             drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars), consume,
+                             stage.clock)
+  finally:
+    if bar is not None:
+      bar.close()
+  drift_device.check_finite(finite)
+  return Collected(columns=columns,
+                   maps={k: {c: np.concatenate(v[c]) for c in v} for k, v in maps.items()},
+                   examples=examples, null_images=np.concatenate(nulls["image"]),
+                   null_labels=np.concatenate(nulls["label"]))
+
+
+def tabulate(stage: Stage, collected: Collected) -> tuple[dict, np.ndarray]:
+  """(samples table with selection flags, class names and arch; rows selected by
+  config.selection). Raises DriftStageError when the selection is empty."""
+  config, class_names = stage.config, stage.run_config["class_names"]
+  table = results.concat(collected.columns)
   for name in ("both", "tl", "ft"):
     table[f"selected_{name}"] = stats.select(table["label"], table["tl_pred"],
                                              table["ft_pred"], name)
   table["class_name"] = np.array([class_names[c] for c in table["label"]], object)
-  table["arch"] = np.full(len(table["label"]), run_config["arch"], object)
+  table["arch"] = np.full(len(table["label"]), stage.run_config["arch"], object)
   selected = stats.select(table["label"], table["tl_pred"], table["ft_pred"], config.selection)
   if not selected.any():
     raise DriftStageError(
@@ -311,33 +377,94 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
         f"{np.mean(table['tl_pred'] == table['label']):.2f}, FT accuracy "
         f"{np.mean(table['ft_pred'] == table['label']):.2f}. Train longer or use "
         "--select all.")
-  results.write_table(table, paths["samples"])
-  np.savez_compressed(paths["examples"], class_names=np.array(class_names),
-                      **examples.arrays())
+  return table, selected
 
-  aggregates = {
-      "arch": run_config["arch"], "model_arch": run_config["model_arch"],
-      "config": manifest, "class_names": class_names, "input_size": size,
-      "layers": dict(zip(config.layers, layers)),
-      "summary": stats.summarize(table, metrics=results.metric_columns(table),
-                                 selection=config.selection, seed=config.seed),
-      "method_tests": stats.compare_methods(table, metrics=results.metric_columns(table),
+
+def host_statistics(stage: Stage, table: dict, manifest: dict) -> dict:
+  """The parts of aggregates.json that only need the samples table (numpy and scipy on
+  the host: summaries with bootstrap CIs, method tests and, on phantoms, localisation).
+  Pure: `run_drift` runs it in a thread while the device computes the nulls and epochs."""
+  config = stage.config
+  metric_names = results.metric_columns(table)
+  out = {
+      "arch": stage.run_config["arch"], "model_arch": stage.run_config["model_arch"],
+      "config": manifest, "class_names": stage.run_config["class_names"],
+      "input_size": stage.size, "layers": dict(zip(config.layers, stage.layers)),
+      "summary": stats.summarize(table, metrics=metric_names, selection=config.selection,
+                                 seed=config.seed),
+      "method_tests": stats.compare_methods(table, metrics=metric_names,
                                             selection=config.selection),
-      "nulls": _nulls(model, ft_vars, table, tl_all, ft_all, selected,
-                      np.concatenate(null_images), np.concatenate(null_labels), config,
-                      placement),
-      "classification": _classification(workdir),
   }
-  if lesion:
-    aggregates["localization"] = _localization(table, class_names)
-  if config.epochs == "all":
-    epoch_table = epoch_drift.table(workdir, model, table, layers, config, placement,
-                                    ((tl_vars, tl_all), (ft_vars, ft_all)), split_batches)
-    results.write_table(epoch_table, paths["epochs"])
-    aggregates["epochs"] = epoch_drift.summarize(epoch_table, table, selected)
-  results.write_json(aggregates, paths["aggregates"])
-  results.write_json(manifest, done)
-  return {**paths, "skipped": False}
+  if stage.lesion:
+    out["localization"] = _localization(table, stage.run_config["class_names"])
+  return out
+
+
+def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None) -> dict:
+  """aggregates.json, its keys in a fixed order (`host_statistics`' first)."""
+  out = {k: v for k, v in statistics.items() if k != "localization"}
+  out.update(nulls=nulls, classification=classification)
+  if "localization" in statistics:
+    out["localization"] = statistics["localization"]
+  if epochs is not None:
+    out["epochs"] = epochs
+  return out
+
+
+def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
+              progress: bool = True) -> dict:
+  """Runs the drift stage on a training workdir (see the module docstring).
+
+  Returns:
+    {"samples": path, "aggregates": path, "examples": path, "epochs": path or None,
+     "skipped": True when a previous run with the same configuration was complete,
+     "timings": {compile, input, device, host, write, total} seconds (also written to
+     DIR/drift/timings.json)}.
+
+  Raises:
+    DriftStageError: the selection is empty, or a layer does not exist.
+    jaxdrift.train.CheckpointError: a checkpoint is missing or of another architecture.
+  """
+  workdir = pathlib.Path(workdir)
+  paths, manifest, done = _outputs(workdir, config)
+  if drift_done(workdir, config):
+    return {**paths, "skipped": True, "timings": {}}
+  # The manifest is written last: without it, files left by a run killed half-way (or of
+  # another configuration) never pass for finished.
+  done.unlink(missing_ok=True)
+  clock = drift_device.StageClock()
+  with clock.watching_compiles():
+    stage = open_stage(workdir, config, data_dir, clock)
+    collected = collect(stage, progress)
+    with clock.part("host"):
+      table, selected = tabulate(stage, collected)
+    with clock.part("write"):
+      results.write_table(table, paths["samples"])
+    with clock.part("host"):
+      examples = collected.examples.arrays(stage.placement, stage.size)
+    with clock.part("write"):
+      np.savez_compressed(paths["examples"],
+                          class_names=np.array(stage.run_config["class_names"]), **examples)
+    # The host's statistics run beside the device's nulls and epochs (the clock counts
+    # "host" for the wait on them only: the parts of a stage never overlap).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdrift-stats") as pool:
+      statistics = pool.submit(host_statistics, stage, table, manifest)
+      nulls = drift_nulls.nulls(stage, table, selected, collected)
+      epochs, epoch_table = None, None
+      if config.epochs == "all":
+        epoch_table = epoch_drift.table(stage, table, collected.maps)
+        with clock.part("write"):
+          results.write_table(epoch_table, paths["epochs"])
+        with clock.part("host"):
+          epochs = epoch_drift.summarize(epoch_table, table, selected)
+      with clock.part("host"):
+        aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs)
+    with clock.part("write"):
+      results.write_json(aggregates, paths["aggregates"])
+      results.write_json(manifest, done)
+  timings = clock.split()
+  results.write_json(timings, done.parent / "timings.json")
+  return {**paths, "skipped": False, "timings": timings}
 
 
 def _placement(arch, shapes, layer, size, config) -> dict:
@@ -346,50 +473,6 @@ def _placement(arch, shapes, layer, size, config) -> dict:
   canonical = shapes[models.default_cam_layer(arch)].shape[1:3]
   on_grid = config.grid == "network" and shapes[layer].shape[1:3] == canonical
   return dict(resolution=(size, size), grid=models.cam_grid(arch, size) if on_grid else None)
-
-
-def _random_head(ft_vars, key) -> dict:
-  """FT variables with the 'predictions' layer re-initialised (flax Dense defaults)."""
-  kernel = ft_vars["params"]["predictions"]["kernel"]
-  head = nn.Dense(kernel.shape[1]).init(key, jnp.zeros((1, kernel.shape[0])))["params"]
-  return {**ft_vars, "params": {**ft_vars["params"], "predictions": head}}
-
-
-def _nulls(model, ft_vars, table, tl_all, ft_all, selected, images, labels, config,
-           placement):
-  """Null baselines per method and layer, reported beside the real drift:
-
-  perturbation: the FT checkpoint against itself on inputs with Gaussian noise of std
-    `perturbation_sigma` (explanation noise); random_head: FT maps against maps of the FT
-    backbone under a randomly re-initialised head; permutation: TL and FT maps of different
-    images of the same class (shuffled pairing).
-  """
-  perturb_key, permute_key, head_key = jax.random.split(jax.random.key(config.seed), 3)
-  random_head = _random_head(ft_vars, head_key)
-  targets = jnp.asarray(labels)
-  out = []
-  for (method, layer), tl_parts in tl_all.items():
-    rows = (table["method"] == method) & (table["layer"] == layer)
-    keep = selected[rows]
-
-    def maps_fn(variables, method=method, layer=layer):
-      return lambda x: cam.compute(model, variables, x, targets, method, layer)
-
-    nulls = {
-        "perturbation": metrics.perturbation_null(
-            maps_fn(ft_vars), images, perturb_key, sigma=config.perturbation_sigma,
-            **placement[layer]),
-        "random_head": metrics.head_null(maps_fn(ft_vars), maps_fn(random_head), images,
-                                         **placement[layer]),
-        "permutation": metrics.permutation_null(
-            np.concatenate(tl_parts)[keep], np.concatenate(ft_all[method, layer])[keep],
-            permute_key, groups=table["label"][rows][keep], **placement[layer]),
-    }
-    real = {k: table[k][rows][keep] for k in results.metric_columns(table) + ["valid"]}
-    for row in metrics.null_report(real, nulls, metrics=results.metric_columns(table),
-                                   seed=config.seed):
-      out.append(dict(method=method, layer=layer, **row))
-  return out
 
 
 def _classification(workdir) -> dict:

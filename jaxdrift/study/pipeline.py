@@ -68,8 +68,9 @@ def _stages(config, workdir: pathlib.Path, drift: DriftConfig, data_dir, *, prog
   timings["train"] = time.perf_counter() - start
   start = time.perf_counter()
   on_stage("drift")
-  run_drift(workdir, drift, data_dir=data_dir, progress=progress)
+  out = run_drift(workdir, drift, data_dir=data_dir, progress=progress)
   timings["drift"] = time.perf_counter() - start
+  timings["drift_split"] = out["timings"]  # compile, input, device, host, write seconds
   return timings
 
 
