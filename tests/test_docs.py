@@ -167,8 +167,6 @@ def _tracked_files():
   return [ROOT / name for name in out.decode().split("\0") if name]
 
 
-@pytest.mark.xfail(strict=False, reason="code comments still cite the private design note; "
-                   "the lead replaces them with links into docs/")
 def test_no_file_names_the_private_design_note():
   naming = [str(p.relative_to(ROOT)) for p in _tracked_files()
             if p.is_file() and _NOTE_REFERENCE.search(p.read_bytes())]

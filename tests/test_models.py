@@ -8,7 +8,7 @@ import pytest
 import jaxdrift as jd
 from tests.model_fixtures import random_variables
 
-# Keras's model.count_params() with a 1000-class top (FACTS.md s.2), and the reduced variants.
+# Keras's model.count_params() with a 1000-class top (docs/training.md, Backbones and weights), and the reduced variants.
 PARAM_COUNTS = {
     "densenet201": 20_242_984, "resnet50v2": 25_613_800, "inceptionv3": 23_851_784,
     "densenet_tiny": 62_680, "resnetv2_tiny": 482_696, "inceptionv3_tiny": 603_412,

@@ -192,7 +192,7 @@ def test_unknown_trainable_module_is_an_error(setup):
 
 
 def test_optax_masked_would_not_freeze():
-  """Why partition: optax.masked passes masked-out updates through unchanged (FACTS s.6)."""
+  """Why partition: optax.masked passes masked-out updates through unchanged."""
   params = {"a": jnp.ones(2), "b": jnp.ones(2)}
   grads = {"a": jnp.ones(2), "b": jnp.ones(2)}
   masked = optax.masked(optax.adam(1.0), {"a": True, "b": False})

@@ -1,4 +1,4 @@
-"""Drift metrics: how an attribution map moved between two checkpoints (FACTS.md s.5).
+"""Drift metrics: how an attribution map moved between two checkpoints (docs/metrics.md).
 
 Single-pair functions take two maps [H, W] (a = TL, b = FT), are pure, jittable and
 vmappable, and return NaN for invalid maps. `drift` computes all of them for a batch in one

@@ -1,5 +1,5 @@
 """Quantities of ONE attribution map [H, W]: validity, centre of mass, peak, concentration,
-entropy, gini (FACTS.md s.5). Pure functions; batch them with `jax.vmap`.
+entropy, gini (docs/metrics.md). Pure functions; batch them with `jax.vmap`.
 
 A map is valid when all its values are finite and its sum is > 0. Every quantity of an
 invalid map is NaN. Maps are expected to be non-negative (CAMs are ReLU'd); a map with

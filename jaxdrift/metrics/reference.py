@@ -1,7 +1,7 @@
 """A straightforward per-pair numpy/scipy implementation of the drift metrics.
 
 The baseline of `benchmarks/metrics.py` and an independent check of `drift` in the tests:
-each metric is written on its own from FACTS.md s.5 in float64, the way one would write it
+each metric is written on its own from the definitions in docs/metrics.md in float64, the way one would write it
 without JAX (scipy.stats.spearmanr, np.corrcoef, np.partition, np.sort,
 scipy.ndimage.gaussian_filter). Not used by the library itself.
 """

@@ -2,7 +2,7 @@
 
 Every architecture name (the three paper backbones and their reduced test variants) maps to
 one `ArchSpec`: its Keras preprocessing mode, default input size, minimum input size and the
-layer that attribution uses by default (the canonical last feature map, see FACTS.md s.2).
+layer that attribution uses by default (the canonical last feature map, see docs/attribution.md).
 """
 
 import dataclasses

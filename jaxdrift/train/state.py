@@ -10,7 +10,7 @@ A parameter path is the tuple of dict keys leading to a leaf, e.g.
 and `TrainState.apply_gradients` does not even add the (zero) update to them, so they stay
 bit-identical. Gradients are only ever computed for trainable leaves (see `split_params`),
 and weight decay lives inside the trainable branch, so it can never move a frozen leaf
-(FACTS.md s.6: `optax.masked` alone would pass frozen updates through unchanged).
+(`optax.masked` alone would pass frozen updates through unchanged).
 """
 
 from typing import Any, Callable, Iterable
