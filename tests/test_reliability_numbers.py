@@ -281,3 +281,10 @@ def test_bad_model_input_shape_is_a_clear_value_error(arch, shape, message):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   with pytest.raises(ValueError, match=message):
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+
+
+def test_damaged_drift_manifest_means_the_stage_is_redone(tmp_path):
+  from jaxdrift.study import drift_stage
+  (tmp_path / "drift").mkdir()
+  (tmp_path / "drift" / "manifest.json").write_bytes(b"{\"methods\": [\x00")
+  assert drift_stage.drift_done(tmp_path) is False

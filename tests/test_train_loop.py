@@ -166,3 +166,14 @@ def test_proxy_pretraining_at_its_own_size_feeds_phase_1(data_dir, tmp_path):
              if p[0] == "params")
   with pytest.raises(ValueError, match="pretrain_image_size 16 is below the minimum"):
     dataclasses.replace(config, pretrain_image_size=16).validate()
+
+
+def test_diverged_run_with_early_stopping_finishes_and_says_so(data_dir, tmp_path):
+  """A learning rate that blows the weights up: no validation AUC is finite, yet each phase
+  has a best epoch (its named checkpoint exists) and the summary reports NaN, never a
+  plausible AUC."""
+  config = dataclasses.replace(_config(data_dir), lr_tl=3e38, lr_ft=3e38, early_stopping=1)
+  summary = jd.train.train(config, tmp_path / "run", progress=False)
+  for name in ("tl", "ft"):
+    assert summary[name]["diverged"] is True
+    assert np.isnan(summary[name]["test"]["auc"]) and np.isnan(summary[name]["test"]["accuracy"])

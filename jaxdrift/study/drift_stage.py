@@ -206,8 +206,13 @@ def _outputs(workdir: pathlib.Path, config: DriftConfig):
 def drift_done(workdir, config: DriftConfig = DriftConfig()) -> bool:
   """True when `workdir` holds a complete drift stage of `config` (a rerun would skip)."""
   paths, manifest, done = _outputs(pathlib.Path(workdir), config)
-  return done.exists() and results.read_json(done) == manifest and all(
-      p.exists() for p in paths.values() if p is not None)
+  if not done.exists():
+    return False
+  try:
+    stored = results.read_json(done)
+  except results.ResultFileError:  # a damaged manifest: the stage is redone
+    return False
+  return stored == manifest and all(p.exists() for p in paths.values() if p is not None)
 
 
 @dataclasses.dataclass

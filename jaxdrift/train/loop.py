@@ -305,8 +305,11 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
               "train_accuracy": totals["correct"] / totals["count"],
               "images_per_s": totals["count"] / train_time, "time_s": train_time,
               **{f"val_{k}": v for k, v in val.items()}}
-    if not c.early_stopping or val["auc"] > best["auc"]:
-      best = {"auc": val["auc"], "epoch": epoch}
+    # A non-finite AUC (a diverged model) is never better, but a phase always has a best
+    # epoch, so that its named checkpoint exists and the run reports the divergence.
+    auc = val["auc"] if math.isfinite(val["auc"]) else -math.inf
+    if not c.early_stopping or auc > best["auc"] or best["epoch"] == 0:
+      best = {"auc": auc, "epoch": epoch}
     stop = bool(c.early_stopping) and epoch - best["epoch"] >= c.early_stopping
     done = stop or epoch == epochs
     # The named checkpoint: the best epoch with early stopping, else the phase's last.
