@@ -16,3 +16,4 @@ means and its pitfalls.
 from jaxdrift.faithfulness.perturbation import (BASELINES, TIE_RULE, blur, deletion, insertion,
                                                 trapezoid_auc)
 from jaxdrift.faithfulness.runner import rank_positions, round_counts
+from jaxdrift.faithfulness.road import FRACTIONS, ORDERS, impute, road
