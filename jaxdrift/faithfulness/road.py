@@ -11,7 +11,7 @@ Imputation, as in the authors' `NoisyLinearImputer`: neighbour weights 1/6 (hori
 vertical) and 1/12 (diagonal); neighbours outside the image are dropped; each removed pixel
 p satisfies sum_q w_pq (x_q - x_p) = 0, known pixels fixed, per channel. jaxdrift solves
 that symmetric positive-definite system with Jacobi-preconditioned conjugate gradients
-(`jax.scipy.sparse.linalg.cg`, relative tolerance `tol`) instead of a sparse direct solve;
+(stopping at relative residual `tol`) instead of a sparse direct solve;
 then N(0, noise^2) is added to the imputed pixels only (in model input units).
 
 Order "morf" (most relevant first) removes the top-ranked fraction of pixels: the score
@@ -42,6 +42,34 @@ def neighbour_sum(u):
              for dy, dx, weight in NEIGHBOURS)
 
 
+def conjugate_gradients(matvec, rhs, precondition, tol, max_iter):
+  """Preconditioned CG for an SPD operator; stops at ||r|| <= tol ||rhs|| or max_iter.
+
+  (`jax.scipy.sparse.linalg.cg` solves the same; this loop carries five arrays and compiles
+  in a fraction of its time under vmap.)
+  """
+  dot = lambda a, b: jnp.sum(a * b)
+  limit = tol * tol * dot(rhs, rhs)
+  z = precondition(rhs)
+  init = (0, jnp.zeros_like(rhs), rhs, z, dot(rhs, z))
+
+  def cond(state):
+    i, _, r, _, _ = state
+    return (i < max_iter) & (dot(r, r) > limit)
+
+  def body(state):
+    i, x, r, p, rz = state
+    ap = matvec(p)
+    alpha = rz / dot(p, ap)
+    x = x + alpha * p
+    r = r - alpha * ap
+    z = precondition(r)
+    rz_new = dot(r, z)
+    return i + 1, x, r, z + (rz_new / rz) * p, rz_new
+
+  return jax.lax.while_loop(cond, body, init)[1]
+
+
 def impute(image, removed, noise_values, *, tol=1e-5, max_iter=None):
   """Noisy linear imputation of the removed pixels of one image.
 
@@ -65,8 +93,7 @@ def impute(image, removed, noise_values, *, tol=1e-5, max_iter=None):
     return unknown * (degree * u - neighbour_sum(unknown * u))
 
   max_iter = 2 * sum(image.shape[:2]) if max_iter is None else max_iter
-  filled, _ = jax.scipy.sparse.linalg.cg(matvec, rhs, jnp.zeros_like(image), tol=tol,
-                                         maxiter=max_iter, M=lambda r: r / degree)
+  filled = conjugate_gradients(matvec, rhs, lambda r: r / degree, tol, max_iter)
   return known * image + unknown * (filled + noise_values)
 
 
