@@ -123,7 +123,7 @@ def test_grid_upsampling_matches_jd_metrics_upsample(data):
   assert "grid" in a["settings"]["upsampling"]
 
 
-def test_batched_equals_per_image_and_second_call_does_not_recompile(data):
+def test_batched_equals_per_image_chunks_and_second_call_does_not_recompile(data):
   images, weights, targets, contrib = data
   maps = np.abs(contrib.sum(-1))
   batched = F.deletion(functools.partial(tanh_logits, jnp.asarray(weights)), images, maps,
@@ -132,21 +132,16 @@ def test_batched_equals_per_image_and_second_call_does_not_recompile(data):
     one = F.deletion(functools.partial(tanh_logits, jnp.asarray(weights)), images[b:b + 1],
                      maps[b:b + 1], targets[b:b + 1], steps=6, chunk=3)
     np.testing.assert_allclose(one["curve"][0], batched["curve"][b], rtol=1e-5, atol=1e-7)
+  # Chunking (7 steps: one chunk of 7 instead of 3 chunks of 3) does not change the curve.
+  whole = F.deletion(functools.partial(tanh_logits, jnp.asarray(weights)), images, maps,
+                     targets, steps=6, chunk=7)
+  np.testing.assert_allclose(whole["curve"], batched["curve"], rtol=1e-6)
   # New variables of the same structure and a new partial: nothing compiles again.
   other = functools.partial(tanh_logits, jnp.asarray(weights * 2.0))
   with xla_env.count_compiles() as compiles:
     again = F.deletion(other, images, maps, targets, steps=6, chunk=3)
   assert compiles == []
   assert not np.allclose(again["curve"], batched["curve"])
-
-
-def test_chunking_does_not_change_the_curve(data):
-  images, weights, targets, contrib = data
-  fn = functools.partial(tanh_logits, jnp.asarray(weights))
-  maps = np.abs(contrib.sum(-1))
-  a = F.insertion(fn, images, maps, targets, steps=9, chunk=4)  # 10 steps in 3 chunks
-  b = F.insertion(fn, images, maps, targets, steps=9, chunk=10)
-  np.testing.assert_allclose(a["curve"], b["curve"], rtol=1e-6)
 
 
 def test_road_imputes_linear_images_exactly_inside_and_scores_per_image(data):
