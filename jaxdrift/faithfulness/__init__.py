@@ -17,5 +17,5 @@ from jaxdrift.faithfulness.perturbation import (BASELINES, TIE_RULE, blur, delet
                                                 trapezoid_auc)
 from jaxdrift.faithfulness.runner import rank_positions, round_counts
 from jaxdrift.faithfulness.road import FRACTIONS, ORDERS, impute, road
-from jaxdrift.faithfulness.sanity import (layer_order, parameter_randomization, random_logit,
-                                          similarity)
+from jaxdrift.faithfulness.sanity import (init_variables, layer_order, parameter_randomization,
+                                          random_logit, similarity)

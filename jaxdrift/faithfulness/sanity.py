@@ -44,6 +44,17 @@ def layer_order(model, variables, image_shape) -> list:
   return [n for n in ran if n in owners] + [n for n in owners if n not in ran]
 
 
+@functools.lru_cache(maxsize=16)
+def _init_program(model):
+  return jax.jit(functools.partial(model.init, train=False))
+
+
+def init_variables(model, key, images):
+  """Freshly initialised variables of `model` for inputs shaped like images [B, H, W, C]
+  (one jitted init per model and shape, shared by every call)."""
+  return _init_program(model)(key, jnp.asarray(images)[:1])
+
+
 def _replace(variables, fresh, name):
   out = dict(variables)
   for collection in ("params", "batch_stats"):
@@ -94,7 +105,7 @@ def parameter_randomization(model, variables, images, targets, method, *, key,
   compute = functools.partial(cam.compute, model, images=images, targets=targets,
                               method=method, layer=layer, mesh=mesh, **cam_options)
   original = compute(variables)
-  fresh = jax.jit(functools.partial(model.init, train=False))(key, images[:1])
+  fresh = init_variables(model, key, images)
   head_down = layer_order(model, variables, images.shape[1:])[::-1]
   unknown = set(layers or ()) - set(head_down)
   if unknown:
