@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("models", "data", "train", "cam", "metrics", "study", "report")
+_SUBMODULES = ("models", "data", "train", "cam", "metrics", "faithfulness", "study", "report")
 
 
 def __getattr__(name):
