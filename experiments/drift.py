@@ -11,7 +11,7 @@ nothing.
 import argparse
 import sys
 
-from jaxdrift import study, train
+from jaxdrift import study, train, xla_cache
 
 
 def parse(argv=None):
@@ -45,6 +45,7 @@ def parse(argv=None):
 
 def main(argv=None):
   args = parse(argv)
+  xla_cache.enable_compilation_cache()  # $JAXDRIFT_CACHE/xla; JAXDRIFT_XLA_CACHE=0: off
   config = study.DriftConfig(
       methods=tuple(args.methods.split(",")), layers=tuple(args.layers.split(",")),
       selection=args.select, epochs=args.epochs, split=args.split,

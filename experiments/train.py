@@ -64,6 +64,8 @@ def main(argv=None) -> dict:
   args = parser().parse_args(argv)
   import jaxdrift as jd  # after parsing: --help and usage errors stay instant
 
+  jd.enable_compilation_cache()  # $JAXDRIFT_CACHE/xla; JAXDRIFT_XLA_CACHE=0 turns it off
+
   try:
     config = jd.train.preset(
         args.preset, arch=args.arch, data=args.data, data_dir=args.data_dir,
