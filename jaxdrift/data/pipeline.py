@@ -74,6 +74,15 @@ def _to_pil(array: np.ndarray) -> Image.Image:
   return Image.fromarray(array)
 
 
+def resize(array: np.ndarray, size: int, resample=Image.Resampling.BILINEAR) -> Image.Image:
+  """A decoded image [H, W] or [H, W, C] as a PIL image of `size` x `size` (as stored when
+  it already has that size). The one resize of the pipeline and of `jaxdrift.data.cache`."""
+  image = _to_pil(array)
+  if image.size != (size, size):
+    image = image.resize((size, size), resample)
+  return image
+
+
 def _affine(rng: np.random.Generator, size: int, aug: Augment):
   """PIL AFFINE coefficients mapping output pixels to input pixels, or None."""
   angle = np.deg2rad(rng.uniform(-aug.rotation, aug.rotation))
@@ -104,14 +113,10 @@ class _Transform:
     if example.get("_index", _PAD) == _PAD:
       return self.padding()
     size = self.size
-    image = _to_pil(example["image"])
-    if image.size != (size, size):
-      image = image.resize((size, size), Image.Resampling.BILINEAR)
+    image = resize(example["image"], size)
     mask = None
     if self.has_mask:
-      mask = _to_pil(example["lesion_mask"])
-      if mask.size != (size, size):
-        mask = mask.resize((size, size), Image.Resampling.NEAREST)
+      mask = resize(example["lesion_mask"], size, Image.Resampling.NEAREST)
     coeffs = _affine(rng, size, self.augment) if self.augment != NO_AUGMENT else None
     if coeffs is not None:
       image = image.transform((size, size), Image.Transform.AFFINE, coeffs,
