@@ -1,5 +1,7 @@
 """Training input at device speed: the uint8 cache and the on-device augmentation."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import scipy.ndimage
 from PIL import Image
 
 import jaxdrift as jd
+from jax._src import array as jax_array
 from jaxdrift.data import augment as augment_lib
 from jaxdrift.data import cache
 from jaxdrift.data import pipeline
@@ -141,3 +144,45 @@ def test_the_device_warp_matches_the_host_pipelines_pil_warp():
   inner = np.s_[4:-4, 4:-4]  # away from the border, where the fill rules differ slightly
   assert np.abs(mine[inner] - pil[inner]).max() <= 1.5
   assert np.abs(mine[inner] - pil[inner]).mean() <= 0.6
+
+
+# --- the train loop -------------------------------------------------------------------
+
+
+def test_the_step_loop_reads_nothing_back_and_logs_its_timings(tmp_path, monkeypatch):
+  """Every device-to-host read (float(), np.asarray, device_get all go through
+  `ArrayImpl._value`) is counted; none may happen while the loop's guard is on, which
+  covers every step and every hook call. (On a CPU the guard itself lets reads through.)"""
+  reads = {"in_steps": 0, "elsewhere": 0}
+  original = jax_array.ArrayImpl._value
+
+  def probe(self):
+    guarded = jax.config.jax_transfer_guard_device_to_host == "disallow"
+    reads["in_steps" if guarded else "elsewhere"] += 1
+    return original.fget(self)
+
+  guard_in_hooks = []
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(probe))
+  data_dir = tmp_path / "tfds"
+  jd.data.build("phantoms/small", data_dir=data_dir)
+  # The smoke run of tests/test_train_loop.py (the same compiled steps).
+  config = jd.train.preset("smoke", arch="resnet50v2", data_dir=str(data_dir), epochs_tl=1,
+                           epochs_ft=1)
+  summary = jd.train.train(
+      config, tmp_path / "run", progress=False,
+      hooks=[lambda info: guard_in_hooks.append(jax.config.jax_transfer_guard_device_to_host)])
+  assert reads["in_steps"] == 0 and reads["elsewhere"] > 0
+  assert guard_in_hooks == ["disallow"] * 6  # 2 epochs x 3 steps, all inside the guard
+  records = [json.loads(line) for line in
+             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  epochs = [r for r in records if r["kind"] == "epoch"]
+  assert [r["train_input"] for r in epochs] == ["device", "device"]
+  assert all(r["compile_s"] > 0 and r["images_per_s"] > 0 and r["input_s"] >= 0
+             and r["time_s"] > r["compile_s"] for r in epochs)
+  timings = summary["timings"]
+  assert set(timings) == {"compile_s", "input_s", "compute_s", "eval_s", "write_s",
+                          "train_input"}
+  assert timings["compile_s"] == pytest.approx(sum(r["compile_s"] for r in epochs))
+  assert min(v for k, v in timings.items() if k != "train_input") > 0
+  stored = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert stored["timings"] == timings
