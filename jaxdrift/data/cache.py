@@ -18,9 +18,9 @@ array lives:
 `choose_placement` picks the first that fits its budget (a quarter of the device's memory,
 a quarter of the host's), or what `JAXDRIFT_TRAIN_INPUT` (device | host | stream) asks for.
 
-The epoch's order is the streaming pipeline's (`train_order`: the same grain shuffle of
-seed and epoch, the ragged batch dropped, this process's rows), so without augmentation
-`batches` yields bitwise the batches of `jaxdrift.data.batches(..., train=True)`.
+The epoch's order is the streaming pipeline's (`jaxdrift.data.pipeline.train_order`: a
+permutation of seed and epoch, the ragged batch dropped, this process's rows), so without
+augmentation `batches` yields bitwise the batches of `jaxdrift.data.batches(..., train=True)`.
 Augmentation is `jaxdrift.data.augment` with per-example keys
 `fold_in(fold_in(augment_key(seed), epoch), index)`.
 """
@@ -31,7 +31,6 @@ import dataclasses
 import logging
 import os
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,23 +158,6 @@ def build(source, *, image_size: int, mesh: jax.sharding.Mesh, placement: str = 
   return Images(images, labels, where, time.perf_counter() - start)
 
 
-def train_order(n: int, batch_size: int, seed: int, epoch: int, process_index: int = 0,
-                process_count: int = 1) -> np.ndarray:
-  """This process's record indices of every batch of (0-based) `epoch`: int64 [steps, B/P].
-
-  The streaming pipeline's order exactly (the same grain datasets over indices).
-  """
-  if n < batch_size:
-    raise ValueError(f"the training split has {n} examples, fewer than one batch of "
-                     f"{batch_size}; lower batch_size")
-  local = batch_size // process_count
-  ds = grain.MapDataset.source(range(n)).seed(seed).shuffle()[:n // batch_size * batch_size]
-  ds = ds[process_index::process_count].batch(local, drop_remainder=True)
-  steps = len(ds)
-  ds = ds.repeat(epoch + 1)
-  return np.stack([np.asarray(ds[epoch * steps + j]) for j in range(steps)])
-
-
 def epoch_inputs(images: Images, *, batch_size: int, seed: int, epoch: int,
                  mesh: jax.sharding.Mesh, max_steps: int = 0, prefetch: int = 2):
   """Yields each step's inputs of (0-based) `epoch`, placed on `mesh` along "data".
@@ -184,7 +166,8 @@ def epoch_inputs(images: Images, *, batch_size: int, seed: int, epoch: int,
   "label": int32 [B]}, gathered on the host and sent `prefetch` steps ahead.
   """
   n = len(images.labels)
-  order = train_order(n, batch_size, seed, epoch, jax.process_index(), jax.process_count())
+  order = pipeline.train_order(n, batch_size, seed, epoch, jax.process_index(),
+                              jax.process_count())
   if max_steps:
     order = order[:max_steps]
 
