@@ -123,8 +123,9 @@ class _Run:
   progress: bool
   hooks: Sequence[Callable[[dict], None]]
   log_path: pathlib.Path
-  # Runs without augmentation (the demo, smoke) read and preprocess each record once: every
-  # epoch, validation and precise-BN pass then takes its examples from memory.
+  # Runs without augmentation (the demo, smoke) read and preprocess each evaluation record
+  # once: every validation and precise-BN pass then takes its examples from memory. (Training
+  # reads each record once in any case: `train_images`.)
   memos: dict = dataclasses.field(default_factory=dict)
   # Seconds of this call of `train`, by kind (see `_summarise`).
   timings: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
