@@ -2,7 +2,8 @@
 
 Subpackages are imported on first use, so ``import jaxdrift as jd`` is cheap and has no side
 effects: ``jd.models``, ``jd.data``, ``jd.train``, ``jd.cam``, ``jd.metrics``, ``jd.study``,
-``jd.report``.
+``jd.report``. ``jd.enable_compilation_cache()`` turns on the persistent XLA compilation
+cache (`jaxdrift.xla_cache`).
 """
 
 import importlib
@@ -17,8 +18,11 @@ def __getattr__(name):
     module = importlib.import_module(f"{__name__}.{name}")
     globals()[name] = module
     return module
+  if name == "enable_compilation_cache":
+    from jaxdrift.xla_cache import enable_compilation_cache
+    return enable_compilation_cache
   raise AttributeError(f"module 'jaxdrift' has no attribute {name!r}")
 
 
 def __dir__():
-  return sorted(list(globals()) + list(_SUBMODULES))
+  return sorted(list(globals()) + list(_SUBMODULES) + ["enable_compilation_cache"])

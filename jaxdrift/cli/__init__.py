@@ -124,6 +124,8 @@ def main(argv=None, *, prog: str = "jaxdrift") -> int:
   with _console.interrupts_exit(command_prog), \
       _console.quiet(args.verbose, data=module.USES_DATA):
     try:
+      from jaxdrift import xla_cache  # after parsing: --help and usage errors stay instant
+      xla_cache.enable_compilation_cache()  # $JAXDRIFT_CACHE/xla; JAXDRIFT_XLA_CACHE=0: off
       return module.run(args, UsageError) or 0
     except KeyboardInterrupt:  # raised by code, not by Ctrl-C (that ends the process)
       print(f"{command_prog}: {_console.INTERRUPTED}", file=sys.stderr)

@@ -36,7 +36,7 @@ import traceback
 
 import tqdm
 
-from jaxdrift import _console, models, report, train
+from jaxdrift import _console, models, report, train, xla_cache
 from jaxdrift import workdir as workdir_lib
 from jaxdrift.study.drift_stage import DriftConfig, drift_done, run_drift
 
@@ -92,6 +92,7 @@ def _worker(arch, config, workdir, drift, data_dir, events, parent) -> None:
   _console.worker_setup()  # the parent's quiet setting; Ctrl-C is the parent's to handle
   import jax  # the parent may not have started JAX; each worker starts its own
 
+  xla_cache.enable_compilation_cache()
   compile_s = [0.0]
 
   def on_duration(event, duration, **_):
@@ -257,6 +258,7 @@ def run_pipeline(preset: str = "demo", *, archs=models.ARCHS, root=None, data=No
   """
   archs = _check_arguments(preset, archs, workers)
   start_all = time.perf_counter()
+  xla_cache.enable_compilation_cache()  # $JAXDRIFT_CACHE/xla; JAXDRIFT_XLA_CACHE=0: off
   root = pathlib.Path(root or f"runs/{preset}")
   drift = drift or DRIFT_PRESETS[preset]
   configs = {arch: train.preset(preset, arch=arch, data=data, data_dir=data_dir,

@@ -39,10 +39,12 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tqdm
 
 from jaxdrift import data as data_lib
+from jaxdrift.data import cache as cache_lib
 from jaxdrift import models
 from jaxdrift import workdir as workdir_lib
 from jaxdrift.train import checkpoint as ckpt
@@ -133,9 +135,13 @@ class _Run:
   log_path: pathlib.Path
   init_key: jax.Array | None = None  # of the backbone's initialisation (weights "none")
   pretrain_key: jax.Array | None = None
-  # Runs without augmentation (the demo, smoke) read and preprocess each record once: every
-  # epoch, validation and precise-BN pass then takes its examples from memory.
+  # Runs without augmentation (the demo, smoke) read and preprocess each evaluation record
+  # once: every validation and precise-BN pass then takes its examples from memory. (Training
+  # reads each record once in any case: `train_images`.)
   memos: dict = dataclasses.field(default_factory=dict)
+  # Seconds of this call of `train`, by kind (see `_summarise`).
+  timings: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
+      ("compile_s", "input_s", "compute_s", "eval_s", "write_s"), 0.0))
 
   def memo(self, split: str) -> data_lib.Memo | None:
     if self.config.augment:
@@ -157,6 +163,37 @@ class _Run:
     cap = self.config.max_steps_per_epoch
     return min(n, cap) if cap else n
 
+  @functools.cached_property
+  def train_images(self) -> cache_lib.Images | None:
+    """The training split decoded and resized once (uint8; None: streamed every epoch)."""
+    c = self.config
+    images = cache_lib.build(self.sources["train"], image_size=c.input_size, mesh=self.mesh)
+    self.timings["input_s"] += images.read_s if images is not None else 0.0
+    self.timings["train_input"] = images.placement if images is not None else "stream"
+    return images
+
+  def train_prepare(self):
+    """The jitted step's `prepare`: gather, augment, preprocess (identity when streamed)."""
+    c = self.config
+    if self.train_images is None:
+      return _streamed
+    augment = data_lib.Augment() if c.augment else data_lib.NO_AUGMENT
+    return cache_lib.make_prepare(c.model_arch, augment, cache_lib.augment_key(c.seed),
+                                  self.mesh)
+
+  def train_inputs(self, global_epoch: int):
+    """The step inputs of (1-based) `global_epoch`, placed on the mesh ahead of use."""
+    c = self.config
+    if self.train_images is not None:
+      return cache_lib.epoch_inputs(self.train_images, batch_size=c.batch_size, seed=c.seed,
+                                    epoch=global_epoch - 1, mesh=self.mesh,
+                                    max_steps=self.steps_per_epoch)
+    batches = data_lib.batches(self.sources["train"], arch=c.model_arch,
+                               batch_size=c.batch_size, train=True, seed=c.seed,
+                               image_size=c.input_size, augment=c.augment, num_epochs=1,
+                               start_epoch=global_epoch - 1, mesh=self.mesh)
+    return ({k: b[k] for k in ("image", "label", "mask")} for b in batches)
+
   def eval_batches(self, split: str):
     c = self.config
     return data_lib.batches(self.sources[split], arch=c.model_arch,
@@ -166,6 +203,12 @@ class _Run:
 
   def evaluate(self, variables: dict, split: str) -> dict:
     return eval_lib.evaluate(self.eval_fn, variables, self.eval_batches(split))
+
+
+def _streamed(inputs: dict, data: dict, epoch) -> dict:
+  """`prepare` of streamed batches: they arrive augmented and preprocessed."""
+  del data, epoch
+  return inputs
 
 
 def _phase(config, num_classes, train_bn) -> steps.Phase:
@@ -269,41 +312,60 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
   Returns the final state.
   """
   c = run.config
-  train_fn = steps.jit_train_step(phase, run.mesh)
+  images = run.train_images
+  train_fn = steps.jit_input_train_step(phase, run.mesh, run.train_prepare())
+  data = images.device_data if images is not None else {}
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   per_epoch = run.steps_per_epoch
   best = best or {"auc": -math.inf, "epoch": 0}
+  compiled = False
   for epoch in range(first_epoch, epochs + 1):
     global_epoch = offset + epoch
-    batches = data_lib.batches(run.sources["train"], arch=c.model_arch,
-                               batch_size=c.batch_size, train=True, seed=c.seed,
-                               image_size=c.input_size, augment=c.augment, num_epochs=1,
-                               start_epoch=global_epoch - 1, mesh=run.mesh,
-                               memo=run.memo("train"))
     bar = tqdm.tqdm(total=per_epoch, desc=f"{name} {epoch}/{epochs}", unit="step",
                     disable=not run.progress, leave=True, dynamic_ncols=True)
-    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     start = time.perf_counter()
-    for i, batch in zip(range(per_epoch), batches):
-      state, m = train_fn(state, {k: batch[k] for k in ("image", "label", "mask")}, key)
-      m = {k: float(v) for k, v in m.items()}
-      for k in totals:
-        totals[k] += m[k]
-      elapsed = time.perf_counter() - start
-      bar.set_postfix(loss=f"{totals['loss_sum'] / totals['count']:.4f}",
-                      img_s=f"{totals['count'] / elapsed:.0f}", refresh=False)
-      bar.update(1)
-      for hook in run.hooks:
-        hook({"phase": name, "epoch": epoch, "epochs": epochs, "step_in_epoch": i + 1,
-              "steps_per_epoch": per_epoch, "state": state})
+    inputs = iter(run.train_inputs(global_epoch))
+    totals = steps.zero_totals(run.mesh)
+    epoch_index = jax.device_put(np.int32(global_epoch - 1), replicated)
+    input_s = compile_s = 0.0
+    # The steps only dispatch: metrics stay on the device until the epoch's end, and the
+    # guard makes any read-back an error (on accelerators; a CPU's reads are not guarded).
+    # A hook that needs a value reads it under `jax.transfer_guard_device_to_host("allow")`.
+    with jax.transfer_guard_device_to_host("disallow"):
+      for i in range(per_epoch):
+        t = time.perf_counter()
+        batch = next(inputs, None)
+        input_s += time.perf_counter() - t
+        if batch is None:
+          break
+        state, totals = train_fn(state, totals, batch, data, epoch_index, key)
+        if not compiled:  # the first step compiles: timed apart (not a transfer)
+          jax.block_until_ready(totals)
+          compile_s, compiled = time.perf_counter() - start - input_s, True
+        bar.update(1)
+        for hook in run.hooks:
+          hook({"phase": name, "epoch": epoch, "epochs": epochs, "step_in_epoch": i + 1,
+                "steps_per_epoch": per_epoch, "state": state})
+    totals = {k: float(v) for k, v in jax.device_get(totals).items()}  # one read per epoch
     bar.close()
     train_time = time.perf_counter() - start
+    steady_images = totals["count"] - (c.batch_size if compile_s else 0)
+    steady_time = train_time - compile_s
+    run.timings["compile_s"] += compile_s
+    run.timings["input_s"] += input_s
+    run.timings["compute_s"] += train_time - compile_s - input_s
+    start_eval = time.perf_counter()
     if phase.train_bn and c.precise_bn_batches:
       state = state.replace(batch_stats=_precise_batch_stats(run, phase, state))
     val = run.evaluate(_variables(state), "validation")
+    run.timings["eval_s"] += time.perf_counter() - start_eval
+    # images/s without the first step (its compile), input waits included.
     record = {"kind": "epoch", "phase": name, "epoch": epoch, "global_epoch": global_epoch,
               "step": int(state.step), "train_loss": totals["loss_sum"] / totals["count"],
               "train_accuracy": totals["correct"] / totals["count"],
-              "images_per_s": totals["count"] / train_time, "time_s": train_time,
+              "images_per_s": steady_images / steady_time if steady_images > 0 else None,
+              "compile_s": compile_s, "input_s": input_s, "time_s": train_time,
+              "train_input": run.timings["train_input"],
               **{f"val_{k}": v for k, v in val.items()}}
     # A non-finite AUC (a diverged model) is never better, but a phase always has a best
     # epoch, so that its named checkpoint exists and the run reports the divergence.
@@ -314,6 +376,7 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
     done = stop or epoch == epochs
     # The named checkpoint: the best epoch with early stopping, else the phase's last.
     save_named = best["epoch"] == epoch and (c.early_stopping or done)
+    start_write = time.perf_counter()
     meta = {"phase": name, "epoch": epoch, "global_epoch": global_epoch,
             "step": int(state.step), "best": best, "phase_done": done,
             "val_accuracy": val["accuracy"], "val_auc": val["auc"], "val": val}
@@ -323,11 +386,12 @@ def _run_phase(run: _Run, name: str, state, *, phase: steps.Phase, key, first_ep
     ckpt.save_epoch(run.manager, global_epoch, state, meta)
     if save_named:
       ckpt.save_named(run.workdir, name, state.params, state.batch_stats, meta)
+    run.timings["write_s"] += time.perf_counter() - start_write
     if run.progress:
       tqdm.tqdm.write(f"{name} {epoch}/{epochs}: train loss {record['train_loss']:.4f} "
                       f"acc {record['train_accuracy']:.3f} | val loss {val['loss']:.4f} "
                       f"acc {val['accuracy']:.3f} auc {val['auc']:.4f} | "
-                      f"{record['images_per_s']:.0f} img/s")
+                      f"{record['images_per_s'] or 0:.0f} img/s")
     if stop:
       break
   return state
@@ -470,6 +534,7 @@ def _summarise(run: _Run) -> dict:
     summary[name] = {"epoch": meta.get("epoch"), "global_epoch": meta.get("global_epoch"),
                      "val": meta.get("val", {}), "test": test,
                      "diverged": eval_lib.diverged(test)}
+  summary["timings"] = dict(run.timings)
   workdir_lib.write_json(workdir_lib.Workdir(run.workdir).summary, summary)
   if run.progress:
     print(summary_table(summary))

@@ -48,6 +48,11 @@ def proxy_dataset(num: int, arch: str, image_size: int, seed: int) -> dict:
           "label": proxy_labels(raw["lesion_mask"])}
 
 
+def _ready_batch(inputs: dict, data: dict, epoch) -> dict:
+  del data, epoch
+  return inputs
+
+
 def pretrain_backbone(variables: dict, *, arch: str, image_size: int, num_examples: int,
                       epochs: int, learning_rate: float, batch_size: int, key: jax.Array,
                       seed: int, mesh: jax.sharding.Mesh, dtype=jnp.float32,
@@ -87,18 +92,19 @@ def pretrain_backbone(variables: dict, *, arch: str, image_size: int, num_exampl
   tx = state_lib.make_optimizer(schedule, params=params, frozen=frozenset())
   state = steps.replicate(state_lib.TrainState.create(
       params=params, batch_stats=variables["batch_stats"], tx=tx), mesh)
-  train = steps.jit_train_step(phase, mesh)
+  train = steps.jit_input_train_step(phase, mesh, _ready_batch)
   rng = np.random.default_rng([seed, _SEED_OFFSET])
   for epoch in range(epochs):
     order = rng.permutation(num_examples)[:per_epoch * batch_size].reshape(per_epoch, -1)
-    totals = np.zeros(3)
+    totals = steps.zero_totals(mesh)  # on the device; read once per epoch
     for rows in order:
       batch = data_lib.to_device({"image": ds["image"][rows], "label": ds["label"][rows]},
                                  mesh)
-      state, m = train(state, batch, step_key)
-      totals += [float(m["loss_sum"]), float(m["correct"]), float(m["count"])]
+      state, totals = train(state, totals, batch, {}, 0, step_key)
+    totals = jax.device_get(totals)
     if on_epoch is not None:
-      on_epoch(epoch + 1, totals[0] / totals[2], totals[1] / totals[2])
+      on_epoch(epoch + 1, float(totals["loss_sum"] / totals["count"]),
+               float(totals["correct"] / totals["count"]))
   # Phase 1 runs this backbone with BatchNorm in inference mode: give it population
   # statistics, not moving averages that still remember their initial values.
   rows = np.arange(min(per_epoch, PRECISE_BN_BATCHES) * batch_size).reshape(-1, batch_size)

@@ -155,6 +155,46 @@ def train_step(state: state_lib.TrainState, batch: dict, key: jax.Array, *, phas
   return state, {"loss_sum": loss * count, "correct": correct, "count": count}
 
 
+def zero_totals(mesh: jax.sharding.Mesh) -> dict:
+  """Replicated float32 zeros {"loss_sum", "correct", "count"}: an epoch's running sums."""
+  return replicate({k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")},
+                   mesh)
+
+
+def input_train_step(state: state_lib.TrainState, totals: dict, inputs: dict, data: dict,
+                     epoch, key: jax.Array, *, phase: Phase, prepare):
+  """`train_step` on `prepare(inputs, data, epoch)`, its metrics added to `totals`.
+
+  Everything stays on the device: the batch is gathered, augmented and preprocessed inside
+  the same program (`jaxdrift.data.cache.make_prepare`), and the epoch's sums are read once
+  at its end, so a loop of these steps never waits for the device.
+
+  Args:
+    state: the train state (replicated).
+    totals: running sums {"loss_sum", "correct", "count"} (`zero_totals`).
+    inputs: the step's inputs, sharded along "data" (indices, or uint8 images and labels,
+      or a ready batch for an identity `prepare`).
+    data: arrays the inputs refer to (the device-resident image cache), or {}.
+    epoch: int32 scalar, the global (0-based) epoch (augmentation keys).
+    key: the phase's PRNG key (dropout: `fold_in(key, state.step)`).
+    phase: static settings.
+    prepare: static `(inputs, data, epoch) -> {"image", "label", "mask"}`.
+
+  Returns:
+    (new state, new totals).
+  """
+  state, metrics = train_step(state, prepare(inputs, data, epoch), key, phase=phase)
+  return state, jax.tree.map(jnp.add, totals, metrics)
+
+
+def jit_input_train_step(phase: Phase, mesh: jax.sharding.Mesh, prepare,
+                         donate: bool = True):
+  """`input_train_step` bound to `phase` and `prepare`, jitted; state and totals donated."""
+  return jax.jit(functools.partial(input_train_step, phase=phase, prepare=prepare),
+                 out_shardings=NamedSharding(mesh, PartitionSpec()),
+                 donate_argnums=(0, 1) if donate else ())
+
+
 def eval_step(state, batch: dict, *, phase: Phase) -> dict:
   """Logits in inference mode (BatchNorm moving statistics, no dropout).
 
