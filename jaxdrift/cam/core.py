@@ -114,7 +114,7 @@ def _input_result(request, model, variables, images, weights, logits, dynamic):
 def _capture(model, variables, images):
   """Logits [B, K] and every tapped layer's output {name: [B, ...]} of one forward pass."""
   logits, state = model.apply(variables, images, train=False, mutable=[TAPS])
-  return logits, state[TAPS]["layers"]
+  return logits, state.get(TAPS, {}).get("layers", {})  # none: a model without taps
 
 
 def _suffix_fn(model, variables, images, layer, taps):
@@ -298,7 +298,10 @@ def compute(model, variables, images, targets, method: str = "layercam", layer=N
       float logit weights [B, K]. The score is sum_c weight_c * logit_c: the class LOGIT.
     method: "gradcam", "gradcam++" (see `variant`), "gradcam++/eq19",
       "gradcam++/official", "layercam", "hirescam", "xgradcam", "integrated_gradients",
-      "smoothgrad", "expected_gradients".
+      "smoothgrad", "expected_gradients", and the gradient-free "scorecam", "ablationcam"
+      (at the layer), "occlusion", "rise" (at the input); "scorecam/probability" (and
+      "/logit", also for occlusion and rise) names the score. The result's `method` names
+      the variant, e.g. "scorecam/logit", "ablationcam/top64".
     layer: a Keras layer name with a 4-D output (default: the architecture's canonical last
       feature map, `jd.models.default_cam_layer`), or a list of names for multi-layer
       LayerCAM. Not used by input-resolution methods.
@@ -313,6 +316,13 @@ def compute(model, variables, images, targets, method: str = "layercam", layer=N
       batched pass), reduction ("relu": ReLU of the channel sum, default for integrated
       and expected gradients; "abs": sum of absolute values, default for smoothgrad).
       `key` is a typed key (jax.random.key) or one key per image [B].
+      Gradient-free (see docs/gradient_free.md): chunk=32 (changed inputs per image in one
+      batched forward pass; memory grows with it); scorecam: score="logit" |
+      "probability", top_k=None (keep the k channels of largest spatial std),
+      grid="network" | "half_pixel" | (stride, offset) (mask upsampling);
+      ablationcam: top_k=None; occlusion: size=32, stride=16 (pixels), baseline="zero" |
+      "mean" | "blur" | an image [H, W, C] or [B, H, W, C], blur_sigma=5.0, score="logit";
+      rise: key (or masks [N, H, W]), n_masks=4000, s=7, p=0.5, score="logit".
 
   Returns:
     Raw non-negative maps [B, h, w] float32 at the layer's resolution (the input's for

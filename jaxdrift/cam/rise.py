@@ -2,7 +2,7 @@
 
 Mask i of an image: an s x s grid of independent Bernoulli(p) cells (1 = keep), upsampled
 bilinearly (half-pixel centres, as the authors' skimage resize) to (s + 1) x cell pixels with
-cell = ceil(H / s), then cropped to H x W at a random shift in [0, cell) per axis. The masked
+cell = ceil(H / s), then cropped to H x W at a random shift in [0, cell) per axis (and clipped to [0, 1]). The masked
 input is x * M_i (0 in the model's input units where a cell is dropped), and
 
     saliency = sum_i score(x * M_i) M_i / (n_masks p)
@@ -35,7 +35,8 @@ def rise_mask(key, size, s: int, p: float):
   up = jax.image.resize(grid, ((s + 1) * cell_h, (s + 1) * cell_w), method="bilinear")
   top = jax.random.randint(k_row, (), 0, cell_h)
   left = jax.random.randint(k_col, (), 0, cell_w)
-  return jax.lax.dynamic_slice(up, (top, left), (h, w))
+  # Clipped: the resize rounds some values of an all-ones neighbourhood to 1 + 2e-7.
+  return jnp.clip(jax.lax.dynamic_slice(up, (top, left), (h, w)), 0.0, 1.0)
 
 
 def rise(logits_fn, images, weights, keys=None, masks=None, *, n_masks: int = 4000,
