@@ -40,12 +40,12 @@ _STATIC = {
     "smoothgrad": {"n_samples": 25, "noise_level": 0.15, "batch_points": 8,
                    "reduction": "abs"},
     "expected_gradients": {"n_samples": 32, "batch_points": 8, "reduction": "relu"},
-    "scorecam": {"score": "logit", "top_k": None, "chunk": 32, "grid": "network"},
-    "ablationcam": {"top_k": None, "chunk": 32},
+    "scorecam": {"score": "logit", "top_k": None, "chunk": 16, "grid": "network"},
+    "ablationcam": {"top_k": None, "chunk": 16},
     # baseline: a name here; an array passed as baseline= becomes "image" (a run-time option).
     "occlusion": {"size": 32, "stride": 16, "baseline": "zero", "blur_sigma": 5.0,
-                  "score": "logit", "chunk": 32},
-    "rise": {"n_masks": 4000, "s": 7, "p": 0.5, "score": "logit", "chunk": 32},
+                  "score": "logit", "chunk": 16},
+    "rise": {"n_masks": 4000, "s": 7, "p": 0.5, "score": "logit", "chunk": 16},
 }
 _DYNAMIC = {"integrated_gradients": ("baseline",), "smoothgrad": ("key",),
             "expected_gradients": ("key", "baselines"), "rise": ("key", "masks")}

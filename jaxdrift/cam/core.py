@@ -316,7 +316,7 @@ def compute(model, variables, images, targets, method: str = "layercam", layer=N
       batched pass), reduction ("relu": ReLU of the channel sum, default for integrated
       and expected gradients; "abs": sum of absolute values, default for smoothgrad).
       `key` is a typed key (jax.random.key) or one key per image [B].
-      Gradient-free (see docs/gradient_free.md): chunk=32 (changed inputs per image in one
+      Gradient-free (see docs/gradient_free.md): chunk=16 (changed inputs per image in one
       batched forward pass; memory grows with it); scorecam: score="logit" |
       "probability", top_k=None (keep the k channels of largest spatial std),
       grid="network" | "half_pixel" | (stride, offset) (mask upsampling);

@@ -132,7 +132,7 @@ def scorecam_masks(acts, channels, size, grid=None):
 
 
 def scorecam(logits_fn, images, acts, weights, *, score: str = "logit", top_k=None,
-             chunk: int = 32, grid=None):
+             chunk: int = 16, grid=None):
   """Score-CAM (Wang et al. 2020): channels weighted by the score of the input they mask.
 
   Args:
@@ -161,7 +161,7 @@ def scorecam(logits_fn, images, acts, weights, *, score: str = "logit", top_k=No
   return _weighted_sum(jax.nn.softmax(scores, axis=-1), acts, channels), scores, channels
 
 
-def ablationcam(suffix_fn, acts, logits, weights, *, top_k=None, chunk: int = 32):
+def ablationcam(suffix_fn, acts, logits, weights, *, top_k=None, chunk: int = 16):
   """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y - y_k) / y, channel k zeroed.
 
   Args:

@@ -82,7 +82,7 @@ def baseline_images(images, baseline, blur_sigma: float = 5.0, image=None):
 
 
 def occlusion(logits_fn, images, weights, clean_scores, baselines, *, size=32, stride=16,
-              score: str = "logit", chunk: int = 32):
+              score: str = "logit", chunk: int = 16):
   """Occlusion attributions of a batch (module doc).
 
   Args:

@@ -40,7 +40,7 @@ def rise_mask(key, size, s: int, p: float):
 
 
 def rise(logits_fn, images, weights, keys=None, masks=None, *, n_masks: int = 4000,
-         s: int = 7, p: float = 0.5, score: str = "logit", chunk: int = 32):
+         s: int = 7, p: float = 0.5, score: str = "logit", chunk: int = 16):
   """RISE saliency of a batch (module doc).
 
   Args:
