@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
   assert jax.device_count() == 8
   model, v = small()
   one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-  methods = ("layercam", "scorecam", "ablationcam", "occlusion", "rise")
+  methods = ("scorecam", "ablationcam", "occlusion", "rise")
   options = dict(layer="relu2", size=4, stride=2, n_masks=6, s=2, chunk=4,
                  key=jax.random.key(2))
   x, t = images(3, seed=11), np.array([0, 3, 1])  # 3 images: padded to 8 and cut back
