@@ -300,7 +300,7 @@ def dynamic_options(requests, options, images):
       d["baselines"] = bases
     opts = dict(r.static)
     if r.method == "occlusion":
-      for axis, (size, n) in enumerate(zip(occlusion.pair(opts["size"], "size"), image_shape)):
+      for size, n in zip(occlusion.pair(opts["size"], "size"), image_shape):
         if size > n:
           raise ValueError(f"occlusion size {opts['size']} does not fit in images of "
                            f"{image_shape[0]} x {image_shape[1]} pixels; pass a smaller size")
