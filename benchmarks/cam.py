@@ -18,11 +18,30 @@ For each architecture, at batch 8 and the default input size, all in this proces
 Timings are the minimum over --repeats runs after compiling, taken alternately so that both
 sides see the same machine load.
 
+Gradient-free methods (--gradfree_arch, full ResNet50V2 by default, batch --batch, same
+process, one checkpoint):
+
+* ablationcam at the canonical layer and at conv4_block6_out vs a per-channel loop of full
+  jitted forward passes (channel k zeroed through the layer's perturbation tap), per
+  channel. Target >= 5x: the network before the layer runs once, not once per channel.
+* scorecam vs n plain jitted forward passes of the same batch, n = the channels it scores
+  (--scorecam_channels via top_k: a subset on a CPU; the rate per channel is what counts).
+  Target <= 1.2x: every masked input needs a full forward pass, so that is the floor.
+* occlusion and rise vs the same number of plain forward passes (no target).
+--ablation_channels and --loop_channels subsample channels (0: all) so that a CPU run ends;
+ratios are per channel.
+
     python -m benchmarks.cam [--archs densenet201,resnet50v2,inceptionv3] [--batch 8]
         [--size 0 (default per arch)] [--repeats 3] [--eager_images 1] [--layer NAME]
+        [--gradfree_arch resnet50v2 | none] [--scorecam_channels 32]
+        [--ablation_channels 0] [--loop_channels 8] [--chunk 8]
+        [--inner_layer conv4_block6_out]
+
+The last line is JSON with every ratio.
 """
 
 import argparse
+import json
 import time
 
 import jax
@@ -120,6 +139,92 @@ def bench(arch, args):
   return ratio, rate / jit_rate, rate / eager_rate
 
 
+def gradfree_bench(args):
+  """Gradient-free methods of one checkpoint vs their baselines (module doc).
+
+  Each repeat times the method and then its baseline right after it (one plain forward pass,
+  or --loop_channels passes of the per-channel loop), so that both see the same load; the
+  ratios use the minimum of each side over the repeats.
+  """
+  arch = args.gradfree_arch
+  size = args.size or jd.models.default_input_size(arch)
+  model = jd.models.create(arch, num_classes=5)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 3)), jnp.float32)
+  targets = rng.integers(0, 5, args.batch)
+  variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x[:1],
+                                                           train=False)
+  shapes = jd.models.layer_shapes(model, (1, size, size, 3))
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  timed(apply, variables, x)
+  out = {"arch": arch, "batch": args.batch, "size": size, "chunk": args.chunk}
+  print(f"\ngradient-free, {arch} {size} px, batch {args.batch}, chunk {args.chunk}",
+        flush=True)
+
+  def run(method, baseline, layer=None, **options):
+    """(min seconds of the method, min seconds of its baseline, compile seconds)."""
+    fn = lambda: jd.cam.compute(model, variables, x, targets, method, layer=layer,  # noqa
+                                chunk=args.chunk, **options)
+    compile_s = timed(fn)
+    ours, base = [], []
+    for _ in range(args.repeats):
+      ours.append(timed(fn))
+      base.append(baseline())
+    return min(ours), min(base), compile_s
+
+  def forward():
+    return timed(apply, variables, x)
+
+  # Ablation-CAM vs a per-channel loop of full forward passes (channel k zeroed by a tap).
+  for layer in (jd.models.default_cam_layer(arch), args.inner_layer):
+    channels = shapes[layer].shape[-1]
+    n = min(args.ablation_channels or channels, channels)
+    loop_fn = jax.jit(lambda v, x, d, layer=layer: model.apply(
+        {**v, PERTURBATIONS: {layer: d}}, x, train=False))
+    _, acts = jd.models.capture(model, variables, x, [layer])
+    a = acts[layer]
+    deltas = [-a * jax.nn.one_hot(k, channels, dtype=a.dtype)
+              for k in range(args.loop_channels)]
+    timed(loop_fn, variables, x, deltas[0])
+
+    def loop():
+      start = time.perf_counter()
+      for d in deltas:
+        jax.block_until_ready(loop_fn(variables, x, d))
+      return (time.perf_counter() - start) / args.loop_channels
+
+    t_abl, loop_per_channel, compile_s = run("ablationcam", loop, layer,
+                                             top_k=n if n < channels else None)
+    ours = t_abl / n
+    frac = jd.cam.cost(model, "ablationcam", layer, image_shape=(size, size, 3))
+    ratio = loop_per_channel / ours
+    print(f"ablationcam {layer:18s} {n:5d}/{channels} ch: {t_abl:7.2f} s = "
+          f"{ours * 1e3:7.2f} ms/ch  vs loop {loop_per_channel * 1e3:7.1f} ms/ch "
+          f"({args.loop_channels} ch)  speed-up {ratio:6.1f}x (target >= 5)  "
+          f"suffix MACs {frac['partial_fraction']:.3f}  compile {compile_s:.1f} s", flush=True)
+    out[f"ablationcam_{layer}"] = {"channels": n, "of": channels, "seconds": t_abl,
+                                   "ms_per_channel": ours * 1e3,
+                                   "loop_ms_per_channel": loop_per_channel * 1e3,
+                                   "speedup_vs_loop": ratio,
+                                   "suffix_mac_fraction": frac["partial_fraction"]}
+
+  # Score-CAM, occlusion and RISE vs the same number of plain forward passes.
+  n = args.scorecam_channels
+  window = size // 4
+  for method, passes, options in (("scorecam", n, dict(top_k=n)),
+                                  ("occlusion", 16, dict(size=window, stride=window)),
+                                  ("rise", n, dict(n_masks=n, key=jax.random.key(0)))):
+    t, t_fwd, compile_s = run(method, forward, **options)
+    floor = passes * t_fwd
+    print(f"{method:11s} {passes:4d} passes/image: {t:7.2f} s vs {passes} x forward "
+          f"{t_fwd * 1e3:.0f} ms = {floor:7.2f} s  ratio {t / floor:5.3f}"
+          f"{' (target <= 1.2)' if method == 'scorecam' else ''}  compile {compile_s:.1f} s",
+          flush=True)
+    out[method] = {"passes": passes, "seconds": t, "forward_s": t_fwd,
+                   "ratio_to_forward": t / floor}
+  return out
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--archs", default=",".join(jd.models.ARCHS))
@@ -130,15 +235,34 @@ def main(argv=None) -> None:
                       help="images for the eager per-image loop (0: skip; it is slow)")
   parser.add_argument("--layer", default=None, help="default: the canonical layer")
   parser.add_argument("--checkpoint_map", default="unroll", choices=("unroll", "map", "vmap"))
+  parser.add_argument("--gradfree_arch", default="resnet50v2",
+                      help="architecture of the gradient-free section ('none': skip it)")
+  parser.add_argument("--inner_layer", default="conv4_block6_out",
+                      help="the inner layer of the Ablation-CAM measurement")
+  parser.add_argument("--scorecam_channels", type=int, default=32,
+                      help="channels Score-CAM scores (top_k; also RISE's masks)")
+  parser.add_argument("--ablation_channels", type=int, default=0,
+                      help="channels Ablation-CAM ablates (top_k; 0: all)")
+  parser.add_argument("--loop_channels", type=int, default=8,
+                      help="channels of the per-channel baseline loop")
+  parser.add_argument("--chunk", type=int, default=8,
+                      help="changed inputs per image in one pass (jd.cam option chunk)")
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].platform}, "
         f"batch {args.batch}, LayerCAM + Grad-CAM++ (eq19), TL + FT", flush=True)
-  results = {arch: bench(arch, args) for arch in args.archs.split(",")}
-  print("\narch          cam/forward (target <= 1.15)   speed-up vs jit loop   "
-        "vs eager loop (target >= 5)")
+  results = {arch: bench(arch, args) for arch in args.archs.split(",") if arch}
+  if results:
+    print("\narch          cam/forward (target <= 1.15)   speed-up vs jit loop   "
+          "vs eager loop (target >= 5)")
   for arch, (ratio, vs_jit, vs_eager) in results.items():
     print(f"{arch:12s}  {ratio:10.3f}                     {vs_jit:8.1f}x            "
           f"{vs_eager:8.1f}x")
+  summary = {"device": f"{jax.device_count()} x {jax.devices()[0].platform}",
+             "gradient": {a: {"cam_over_forward": r[0], "vs_jit_loop": r[1],
+                              "vs_eager_loop": r[2]} for a, r in results.items()}}
+  if args.gradfree_arch != "none":
+    summary["gradfree"] = gradfree_bench(args)
+  print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,14 @@
 Gradients are `jax.vjp` of the class LOGIT with respect to the named layer's activation
 (a zero perturbation tapped into the layer, no hooks); see `methods.py` for what each CAM
 weighting computes and the two Grad-CAM++ variants, and `input_grads.py` for integrated
-gradients, SmoothGrad and expected gradients.
+gradients, SmoothGrad and expected gradients. Gradient-free methods share the same calls:
+"scorecam" and "ablationcam" at a layer (`gradfree.py`), "occlusion" and "rise" at the input
+(`occlusion.py`, `rise.py`); `jd.cam.cost` gives their passes of the network per image.
 """
 
-from jaxdrift.cam.checks import CAM_METHODS, INPUT_METHODS, METHODS, target_weights
+from jaxdrift.cam.checks import (CAM_METHODS, GRADFREE_METHODS, INPUT_METHODS, METHODS,
+                                 target_weights)
+from jaxdrift.cam.cost import cost
 from jaxdrift.cam.core import (CamResult, activations_and_gradients, compute, compute_many,
                                compute_pair)
 from jaxdrift.cam.input_grads import quadrature

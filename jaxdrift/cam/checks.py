@@ -14,12 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift import models
-from jaxdrift.cam import input_grads, methods as weightings
+from jaxdrift.cam import gradfree, input_grads, methods as weightings, occlusion
 from jaxdrift.models.layers import TAPS
 
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam")
 INPUT_METHODS = ("integrated_gradients", "smoothgrad", "expected_gradients")
-METHODS = CAM_METHODS + INPUT_METHODS
+# Gradient-free methods: at a layer (a forward pass per channel), or at the input pixels.
+GRADFREE_CAM_METHODS = ("scorecam", "ablationcam")
+GRADFREE_INPUT_METHODS = ("occlusion", "rise")
+GRADFREE_METHODS = GRADFREE_CAM_METHODS + GRADFREE_INPUT_METHODS
+LAYER_METHODS = CAM_METHODS + GRADFREE_CAM_METHODS  # attribute to a named layer
+PIXEL_METHODS = INPUT_METHODS + GRADFREE_INPUT_METHODS  # attribute to the input pixels
+METHODS = CAM_METHODS + INPUT_METHODS + GRADFREE_METHODS
+# Methods whose score can be named as a variant: "scorecam/probability", "rise/logit", ...
+SCORE_METHODS = ("scorecam", "occlusion", "rise")
 
 # Options each method accepts: static ones (part of the compiled program) with defaults, and
 # array-valued ones passed to the program at run time.
@@ -32,9 +40,15 @@ _STATIC = {
     "smoothgrad": {"n_samples": 25, "noise_level": 0.15, "batch_points": 8,
                    "reduction": "abs"},
     "expected_gradients": {"n_samples": 32, "batch_points": 8, "reduction": "relu"},
+    "scorecam": {"score": "logit", "top_k": None, "chunk": 16, "grid": "network"},
+    "ablationcam": {"top_k": None, "chunk": 16},
+    # baseline: a name here; an array passed as baseline= becomes "image" (a run-time option).
+    "occlusion": {"size": 32, "stride": 16, "baseline": "zero", "blur_sigma": 5.0,
+                  "score": "logit", "chunk": 16},
+    "rise": {"n_masks": 4000, "s": 7, "p": 0.5, "score": "logit", "chunk": 16},
 }
 _DYNAMIC = {"integrated_gradients": ("baseline",), "smoothgrad": ("key",),
-            "expected_gradients": ("key", "baselines")}
+            "expected_gradients": ("key", "baselines"), "rise": ("key", "masks")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,16 +170,21 @@ def requests(methods: Sequence[str], options: dict) -> tuple:
   out, used = [], set()
   for name in methods:
     method, _, variant = name.partition("/")
-    if method not in METHODS or (variant and method != "gradcam++"):
+    if method not in METHODS or (variant and method not in ("gradcam++",) + SCORE_METHODS):
       raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)} "
-                       f"(or 'gradcam++/eq19', 'gradcam++/official')")
+                       f"(or 'gradcam++/eq19', 'gradcam++/official', or a score variant "
+                       f"such as 'scorecam/probability')")
     static = dict(_STATIC[method])
     for opt in static:
       if opt in options:
         static[opt] = options[opt]
         used.add(opt)
     if variant:
-      static["variant"] = variant
+      static["variant" if method == "gradcam++" else "score"] = variant
+    if method == "occlusion" and not isinstance(static["baseline"], str):
+      static["baseline"] = "image"  # the array itself is a run-time option
+    if isinstance(static.get("grid"), list):
+      static["grid"] = tuple(static["grid"])
     used.update(o for o in _DYNAMIC.get(method, ()) if o in options)
     _check_static(method, static)
     out.append(Request(name, method, tuple(sorted(static.items()))))
@@ -184,15 +203,63 @@ def _check_static(method, opts):
     raise ValueError(f"reduction must be 'relu' or 'abs', got {opts['reduction']!r}")
   if method == "integrated_gradients":
     input_grads.quadrature(opts["steps"], opts["rule"])  # raises on bad values
-  for opt in ("n_samples", "batch_points"):
+  for opt in ("n_samples", "batch_points", "chunk", "n_masks", "s"):
     if opt in opts and (not isinstance(opts[opt], int) or opts[opt] < 1):
       raise ValueError(f"{opt} must be a positive int, got {opts[opt]!r}")
+  if method in GRADFREE_METHODS:
+    _check_gradfree(method, opts)
+
+
+def _check_gradfree(method, opts):
+  if "score" in opts and opts["score"] not in gradfree.SCORES:
+    raise ValueError(f"{method} score must be one of {gradfree.SCORES}, got {opts['score']!r}")
+  top_k = opts.get("top_k")
+  if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    raise ValueError(f"top_k must be None (every channel) or a positive int, got {top_k!r}")
+  grid = opts.get("grid", "network")
+  if not (grid in ("network", "half_pixel") or (isinstance(grid, tuple) and len(grid) == 2)):
+    raise ValueError(f"grid must be 'network', 'half_pixel' or (stride, offset), got {grid!r}")
+  if method == "occlusion":
+    occlusion.pair(opts["size"], "size")
+    occlusion.pair(opts["stride"], "stride")
+    if opts["baseline"] not in occlusion.BASELINES + ("image",):
+      raise ValueError(f"occlusion baseline must be one of {occlusion.BASELINES} or an image "
+                       f"array, got {opts['baseline']!r}")
+    if not opts["blur_sigma"] > 0:
+      raise ValueError(f"blur_sigma must be > 0 pixels, got {opts['blur_sigma']!r}")
+  if method == "rise" and not 0 < opts["p"] <= 1:
+    raise ValueError(f"rise keep probability p must be in (0, 1], got {opts['p']!r}")
+
+
+@functools.cache
+def _arch_grids():
+  return {type(models.create(a)): models.spec(a).cam_grid for a in models.SPECS}
+
+
+def mask_grid(model, layer: str, image_shape: tuple, grid):
+  """Where Score-CAM puts a layer's cells when it upsamples them to the input.
+
+  "network": the architecture's cell centres (`jd.models.cam_grid`) for a jaxdrift port at a
+  layer on the canonical feature map's grid, half-pixel centres otherwise (the drift stage's
+  rule); "half_pixel": None; or an explicit (stride, offset).
+  """
+  if grid == "half_pixel":
+    return None
+  if grid != "network":
+    return tuple(float(g) for g in grid)
+  cell_grid = _arch_grids().get(type(model))
+  if cell_grid is None:
+    return None
+  _, shapes = model_info(model, image_shape)
+  canonical = layers(model, None, image_shape)[0]
+  on_grid = shapes[layer].shape[:2] == shapes[canonical].shape[:2]
+  return tuple(float(g) for g in cell_grid) if on_grid else None
 
 
 def _per_image_keys(key, batch: int):
   if key is None:
-    raise ValueError("smoothgrad and expected_gradients need key=jax.random.key(seed) (or "
-                     "one key per image, [B])")
+    raise ValueError("smoothgrad, expected_gradients and rise need key=jax.random.key(seed) "
+                     "(or one key per image, [B]; rise: or masks=[N, H, W])")
   key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     raise ValueError(f"key must be a typed key from jax.random.key(seed), got dtype "
@@ -231,5 +298,28 @@ def dynamic_options(requests, options, images):
                          f"got {bases.shape}")
       check_images(bases)
       d["baselines"] = bases
+    opts = dict(r.static)
+    if r.method == "occlusion":
+      for size, n in zip(occlusion.pair(opts["size"], "size"), image_shape):
+        if size > n:
+          raise ValueError(f"occlusion size {opts['size']} does not fit in images of "
+                           f"{image_shape[0]} x {image_shape[1]} pixels; pass a smaller size")
+      if opts["baseline"] == "image":
+        base = jnp.asarray(options["baseline"], jnp.float32)
+        try:
+          d["baseline"] = jnp.broadcast_to(base, images.shape)
+        except ValueError:
+          raise ValueError(f"occlusion baseline image of shape {base.shape} does not "
+                           f"broadcast to the images {images.shape}") from None
+        check_images(d["baseline"])
+    if r.method == "rise":
+      if options.get("masks") is None:
+        d["keys"] = _per_image_keys(options.get("key"), batch)
+      else:
+        masks = jnp.asarray(options["masks"], jnp.float32)
+        if masks.ndim != 3 or masks.shape[1:] != image_shape[:2] or masks.shape[0] < 1:
+          raise ValueError(f"rise masks must have shape [N, {image_shape[0]}, "
+                           f"{image_shape[1]}], got {masks.shape}")
+        d["masks"] = masks
     out[r.name] = d
   return out

@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift import distributed
-from jaxdrift.cam import checks, input_grads, methods as weightings
-from jaxdrift.cam.checks import CAM_METHODS, INPUT_METHODS
-from jaxdrift.models.layers import PERTURBATIONS, TAPS
+from jaxdrift.cam import checks, gradfree, input_grads, methods as weightings, occlusion, rise
+from jaxdrift.cam.checks import (CAM_METHODS, GRADFREE_METHODS, INPUT_METHODS, LAYER_METHODS,
+                                 PIXEL_METHODS)
+from jaxdrift.models.layers import PERTURBATIONS, REPLACEMENTS, TAPS
 
 
 @flax.struct.dataclass
@@ -110,14 +111,89 @@ def _input_result(request, model, variables, images, weights, logits, dynamic):
                    attr, method=request.name, layer="input")
 
 
+def _capture(model, variables, images):
+  """Logits [B, K] and every tapped layer's output {name: [B, ...]} of one forward pass."""
+  logits, state = model.apply(variables, images, train=False, mutable=[TAPS])
+  return logits, state.get(TAPS, {}).get("layers", {})  # none: a model without taps
+
+
+def _suffix_fn(model, variables, images, layer, taps):
+  """The network after `layer`, run on c ablations of each image's activation at once.
+
+  Every layer before `layer` (model order) is replaced by its output from `taps`, computed
+  once; the computation that produced them is then dead code in the suffix and XLA drops it.
+  Returns ablated [B, c, h, w, K] -> logits [B, c, classes] (one pass of B x c inputs).
+  """
+  _, shapes = checks.model_info(model, tuple(images.shape[1:]))
+  order = list(shapes)
+  before = order[:order.index(layer)]
+
+  def suffix(ablated):
+    b, c = ablated.shape[:2]
+    replaced = {n: jnp.repeat(taps[n], c, axis=0) for n in before}  # image-major, like b * c
+    replaced[layer] = ablated.reshape((b * c,) + ablated.shape[2:])
+    logits = model.apply({**variables, REPLACEMENTS: replaced}, jnp.repeat(images, c, axis=0),
+                         train=False)
+    return logits.reshape(b, c, -1)
+
+  return suffix
+
+
+def _gradfree_name(method, opts):
+  name = f"{method}/{opts['score']}" if "score" in opts else method
+  return name + (f"/top{opts['top_k']}" if opts.get("top_k") is not None else "")
+
+
+def _gradfree_result(request, model, variables, images, weights, layers, logits, taps,
+                     dynamic):
+  opts = dict(request.static)
+  logits_fn = functools.partial(model.apply, variables, train=False)
+  if request.method == "scorecam":
+    layer = layers[0]
+    grid = checks.mask_grid(model, layer, tuple(images.shape[1:]), opts["grid"])
+    pre, _, _ = gradfree.scorecam(logits_fn, images, taps[layer], weights, score=opts["score"],
+                                  top_k=opts["top_k"], chunk=opts["chunk"], grid=grid)
+  elif request.method == "ablationcam":
+    layer = layers[0]
+    suffix = _suffix_fn(model, variables, images, layer, taps)
+    pre, _, _ = gradfree.ablationcam(suffix, taps[layer], logits, weights, top_k=opts["top_k"],
+                                     chunk=opts["chunk"])
+  elif request.method == "occlusion":
+    layer = "input"
+    base = occlusion.baseline_images(images, opts["baseline"], opts["blur_sigma"],
+                                     dynamic.get("baseline"))
+    clean = gradfree.target_scores(logits, weights, opts["score"])
+    pre, _ = occlusion.occlusion(logits_fn, images, weights, clean, base, size=opts["size"],
+                                 stride=opts["stride"], score=opts["score"],
+                                 chunk=opts["chunk"])
+  else:
+    layer = "input"
+    pre = rise.rise(logits_fn, images, weights, dynamic.get("keys"), dynamic.get("masks"),
+                    n_masks=opts["n_masks"], s=opts["s"], p=opts["p"], score=opts["score"],
+                    chunk=opts["chunk"])
+  maps = jax.nn.relu(pre)
+  return CamResult(maps, pre, logits.astype(jnp.float32), ~jnp.any(maps > 0, axis=(1, 2)),
+                   method=_gradfree_name(request.method, opts), layer=layer)
+
+
 def _attribute(model, layers, requests, variables, images, weights, dynamic):
-  """Every requested method for one checkpoint; CAM methods share one forward + backward."""
+  """Every requested method for one checkpoint; CAM methods share one forward + backward,
+  gradient-free methods one forward pass that records every layer."""
   results = {}
+  logits = None
   cam = [r for r in requests if r.method in CAM_METHODS]
   if cam:
     logits, acts, grads = _activations_and_gradients(model, variables, images, weights, layers)
     results.update({r.name: _cam_result(r, layers, logits, acts, grads) for r in cam})
-  else:
+  free = [r for r in requests if r.method in GRADFREE_METHODS]
+  if free:
+    plain = {k: v for k, v in variables.items() if k not in (PERTURBATIONS, REPLACEMENTS)}
+    clean_logits, taps = _capture(model, plain, images)
+    for r in free:
+      results[r.name] = _gradfree_result(r, model, plain, images, weights, layers, clean_logits,
+                                         taps, dynamic[r.name])
+    logits = clean_logits if logits is None else logits
+  if logits is None:
     logits = model.apply(variables, images, train=False)
   for r in requests:
     if r.method in INPUT_METHODS:
@@ -171,12 +247,12 @@ def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoin
   image_shape = tuple(images.shape[1:])
   num_classes, _ = checks.model_info(model, image_shape)
   requests = checks.requests(methods, options)
-  has_cam = any(r.method in CAM_METHODS for r in requests)
+  has_cam = any(r.method in LAYER_METHODS for r in requests)
   if not has_cam and layer is not None:
     raise ValueError("layer is only used by CAM methods; input-resolution methods "
                      "attribute to the input pixels")
   layers = checks.layers(model, layer, image_shape) if has_cam else ()
-  if len(layers) > 1 and any(r.method not in ("layercam",) + INPUT_METHODS for r in requests):
+  if len(layers) > 1 and any(r.method not in ("layercam",) + PIXEL_METHODS for r in requests):
     raise ValueError("several layers (multi-layer fusion) are defined for layercam only; "
                      "compute other methods with one layer")
   batch = images.shape[0]
@@ -194,7 +270,7 @@ def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoin
   replicated = distributed.replicated(mesh)
   images = jax.device_put(pad(jnp.asarray(images)), shard)
   weights = jax.device_put(pad(weights), shard)
-  dynamic = {name: {k: jax.device_put(v, replicated) if k == "baselines"
+  dynamic = {name: {k: jax.device_put(v, replicated) if k in ("baselines", "masks")
                     else jax.device_put(pad(v), shard) for k, v in d.items()}
              for name, d in dynamic.items()}
   if jax.device_count() > 1:  # with one device jit takes the arrays where they are
@@ -222,7 +298,10 @@ def compute(model, variables, images, targets, method: str = "layercam", layer=N
       float logit weights [B, K]. The score is sum_c weight_c * logit_c: the class LOGIT.
     method: "gradcam", "gradcam++" (see `variant`), "gradcam++/eq19",
       "gradcam++/official", "layercam", "hirescam", "xgradcam", "integrated_gradients",
-      "smoothgrad", "expected_gradients".
+      "smoothgrad", "expected_gradients", and the gradient-free "scorecam", "ablationcam"
+      (at the layer), "occlusion", "rise" (at the input); "scorecam/probability" (and
+      "/logit", also for occlusion and rise) names the score. The result's `method` names
+      the variant, e.g. "scorecam/logit", "ablationcam/top64".
     layer: a Keras layer name with a 4-D output (default: the architecture's canonical last
       feature map, `jd.models.default_cam_layer`), or a list of names for multi-layer
       LayerCAM. Not used by input-resolution methods.
@@ -237,6 +316,13 @@ def compute(model, variables, images, targets, method: str = "layercam", layer=N
       batched pass), reduction ("relu": ReLU of the channel sum, default for integrated
       and expected gradients; "abs": sum of absolute values, default for smoothgrad).
       `key` is a typed key (jax.random.key) or one key per image [B].
+      Gradient-free (see docs/gradient_free.md): chunk=16 (changed inputs per image in one
+      batched forward pass; memory grows with it); scorecam: score="logit" |
+      "probability", top_k=None (keep the k channels of largest spatial std),
+      grid="network" | "half_pixel" | (stride, offset) (mask upsampling);
+      ablationcam: top_k=None; occlusion: size=32, stride=16 (pixels), baseline="zero" |
+      "mean" | "blur" | an image [H, W, C] or [B, H, W, C], blur_sigma=5.0, score="logit";
+      rise: key (or masks [N, H, W]), n_masks=4000, s=7, p=0.5, score="logit".
 
   Returns:
     Raw non-negative maps [B, h, w] float32 at the layer's resolution (the input's for

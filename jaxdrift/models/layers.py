@@ -9,6 +9,10 @@ stateless and both off unless asked for in `apply`:
 * perturb: when the variables passed to `apply` hold `{"perturbations": {name: delta}}`, it
   returns `y + delta`. With `delta = 0`, `jax.grad` with respect to `delta` is the gradient
   with respect to the layer's activation: attribution needs no hooks.
+* replace: when they hold `{"replacements": {name: value}}`, the layer's output is `value`
+  instead of `y` (then captured and perturbed as usual). Replacing a layer and every layer
+  before it with values computed once leaves the layers before it dead code that XLA
+  removes: the network after the layer runs alone (Ablation-CAM's split apply).
 
 Use `jaxdrift.models.capture` rather than the collections directly.
 """
@@ -23,6 +27,7 @@ from jaxdrift.models import registry
 
 TAPS = "taps"
 PERTURBATIONS = "perturbations"
+REPLACEMENTS = "replacements"
 
 
 def check_input(x, family: str) -> None:
@@ -49,7 +54,13 @@ def _merge(layers: dict, new: dict) -> dict:
 
 
 def tap(module: nn.Module, name: str, y):
-  """Records and/or perturbs the output `y` of the Keras layer `name` (see module doc)."""
+  """Replaces, records and/or perturbs the output `y` of the Keras layer `name` (module doc)."""
+  if module.has_variable(REPLACEMENTS, name):
+    value = module.get_variable(REPLACEMENTS, name)
+    if value.shape != y.shape:
+      raise ValueError(f"replacement of layer {name!r} has shape {value.shape}, the layer "
+                       f"outputs {y.shape}; pass a value of the layer's shape")
+    y = value.astype(y.dtype)
   if module.is_mutable_collection(TAPS) and not module.is_initializing():
     module.sow(TAPS, "layers", {name: y}, init_fn=dict, reduce_fn=_merge)
   if module.has_variable(PERTURBATIONS, name):
