@@ -21,7 +21,7 @@ import pathlib
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxdrift.models import pretrained
+from jaxdrift.models.pretrained import cache_dir
 
 ENV_SWITCH = "JAXDRIFT_XLA_CACHE"
 # Programs that compile faster than this are not written (JAX's default floor is 1 s, which
@@ -32,7 +32,7 @@ _OFF = ("0", "false", "no", "off")
 
 def default_dir() -> pathlib.Path:
   """`$JAXDRIFT_CACHE/xla`, else `~/.cache/jaxdrift/xla`."""
-  return pretrained.cache_dir() / "xla"
+  return cache_dir() / "xla"
 
 
 def enable_compilation_cache(path=None, *, enabled: bool | None = None) -> pathlib.Path | None:
