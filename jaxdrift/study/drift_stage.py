@@ -69,6 +69,11 @@ class DriftConfig:
       or "half_pixel" (cell i at (i + 0.5) * H / h - 0.5, like cv2.resize).
     pointing_tolerance: pointing-game tolerance as a fraction of the image size (15 / 224:
       Zhang et al.'s 15 pixels at 224).
+    faithfulness: also score every map's faithfulness to its own checkpoint (deletion and
+      insertion AUC, columns tl_/ft_deletion_auc, tl_/ft_insertion_auc of samples.csv) and
+      run the sanity checks on the FT checkpoint (aggregates.json "sanity"); see
+      docs/faithfulness.md.
+    faithfulness_steps: perturbation steps of each deletion / insertion curve.
   """
 
   methods: tuple = ("layercam", "gradcam++")
@@ -83,6 +88,8 @@ class DriftConfig:
   seed: int = 0
   grid: str = "network"
   pointing_tolerance: float = 15 / 224
+  faithfulness: bool = False
+  faithfulness_steps: int = 50
 
   def __post_init__(self):
     """Raises ValueError naming a bad field, what it must be and what it is."""
@@ -106,8 +113,10 @@ class DriftConfig:
     if match is None or match.group(1) not in _SPLITS:
       raise ValueError(f"split must be one of {', '.join(_SPLITS)}, optionally sliced as in "
                        f"TFDS (e.g. 'test[:50]'), got {self.split!r}")
+    if not isinstance(self.faithfulness, bool):
+      raise ValueError(f"faithfulness must be True or False, got {self.faithfulness!r}")
     for name, minimum in (("batch_size", 1), ("null_samples", 1), ("examples_per_class", 0),
-                          ("seed", 0)):
+                          ("seed", 0), ("faithfulness_steps", 1)):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -200,6 +209,9 @@ def _outputs(workdir: pathlib.Path, config: DriftConfig):
            "epochs": out_dir / "epochs.csv" if config.epochs == "all" else None}
   manifest = dataclasses.asdict(config)
   manifest = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.items()}
+  if not config.faithfulness:  # the manifests of stages run before these options existed
+    for name in ("faithfulness", "faithfulness_steps"):
+      del manifest[name]
   return paths, manifest, out_dir / "manifest.json"
 
 
@@ -333,6 +345,8 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
                    ft_all_zero=extra["ft_all_zero"][keep])
         if stage.lesion:
           row.update(results.subset(cols["localization"], keep))
+        if "faithfulness" in cols:
+          row.update(results.subset(cols["faithfulness"], keep))
         columns.append(row)
         for ckpt in ("tl", "ft"):
           maps[method, layer][ckpt].append(cols["maps"][ckpt][keep])
@@ -351,7 +365,8 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
 
   try:
     drift_device.run_batches(stage.device_batches(),
-                             drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars), consume,
+                             drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars,
+                                                        config.faithfulness), consume,
                              stage.clock)
   finally:
     if bar is not None:

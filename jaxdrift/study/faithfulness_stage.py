@@ -8,11 +8,15 @@ uses it. Lower deletion AUC and higher insertion AUC are better.
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxdrift import faithfulness
+from jaxdrift import distributed, faithfulness
+from jaxdrift.faithfulness import perturbation, runner
 
 COLUMNS = ("tl_deletion_auc", "ft_deletion_auc", "tl_insertion_auc", "ft_insertion_auc")
+BLUR_SIGMA = 5.0  # the "blur" baseline's sigma in pixels (`jd.faithfulness.deletion`'s default)
 
 
 def faithfulness_columns(model, tl_variables, ft_variables, images, tl_maps, ft_maps, targets,
@@ -41,3 +45,51 @@ def faithfulness_columns(model, tl_variables, ft_variables, images, tl_maps, ft_
       auc = np.asarray(score_fn(fn, images, maps, targets, **kw)["auc"], np.float64)
       out[f"{name}_{kind}_auc"] = auc if keep is None else auc[np.asarray(keep, bool)]
   return {k: out[k] for k in COLUMNS}
+
+
+def device_program(model, variables, steps: int, grid, batch_size: int, mesh):
+  """The drift stage's per-batch faithfulness program: one jit, compiled once per stage.
+
+  Every step of deletion and insertion (blur baseline, target probability, the library's
+  `runner` program) for both checkpoints and every method of one layer, on device arrays,
+  with nothing fetched: the host reads the AUCs with the batch's other columns.
+
+  Args:
+    model: the port; variables: either checkpoint's variables (their structure only).
+    steps: perturbation steps per curve.
+    grid: the layer's placement grid (`models.cam_grid`) or None (half-pixel centres).
+    batch_size: the stage's fixed batch size (sets the chunking of the forward passes).
+    mesh: the stage's mesh ("data" axis).
+
+  Returns:
+    `(tl_vars, ft_vars, images [B, H, W, C], maps {method: [2, B, h, w]}, targets int [B])
+    -> {method: {name: [B] float32}}` for `COLUMNS`.
+  """
+  static, _ = runner.split_fn(functools.partial(model.apply, variables, train=False))
+  n_dev = mesh.shape[distributed.DATA_AXIS]
+  chunk, n_chunks = runner.plan_chunks(steps + 1, -(-batch_size // n_dev), None)
+  grid = None if grid is None else tuple(float(g) for g in grid)
+  sharding = distributed.batch_sharding(mesh) if n_dev > 1 else None
+  programs = {kind: runner._program(
+      static, perturbation._perturb, perturbation._prepare,
+      (("baseline", "blur"), ("blur_sigma", BLUR_SIGMA), ("mode", kind)), "probability", grid,
+      chunk, n_chunks, sharding) for kind in ("deletion", "insertion")}
+
+  def program(tl_vars, ft_vars, images, maps, targets):
+    height, width = images.shape[1:3]
+    counts = runner.round_counts((np.arange(steps + 1), steps), height * width)
+    counts = np.concatenate([counts, np.full(n_chunks * chunk - steps - 1, counts[-1],
+                                             np.int32)])
+    dynamic = {"tl": runner.split_fn(functools.partial(model.apply, tl_vars, train=False))[1],
+               "ft": runner.split_fn(functools.partial(model.apply, ft_vars, train=False))[1]}
+    out = {}
+    for method, pair in maps.items():
+      cols = {}
+      for i, name in enumerate(("tl", "ft")):
+        for kind, run in programs.items():
+          curve, _ = run(dynamic[name], images, pair[i], targets, jnp.asarray(counts), None)
+          cols[f"{name}_{kind}_auc"] = perturbation.trapezoid_auc(curve[:, :steps + 1])
+      out[method] = {k: cols[k] for k in COLUMNS}
+    return out
+
+  return jax.jit(program)

@@ -1,0 +1,88 @@
+"""Faithfulness in the study: the drift stage's AUC columns, its sanity checks, the report.
+
+The workdir is a cheap stand-in for a smoke training run: phantoms/small and two
+checkpoints of the tiny ResNet50V2 written straight from two initialisations (training
+would add ~25 s; the stage does not care how the checkpoints were made).
+"""
+
+import functools
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import jaxdrift as jd
+from jaxdrift.study import results
+
+STEPS = 4
+METHODS = ("layercam", "gradcam++")
+CLASSES = ["lobar_consolidation", "peripheral_ground_glass", "no_lesion",
+           "upper_lobe_nodules", "diffuse_bilateral"]
+
+
+def _workdir(root: pathlib.Path, data_dir) -> pathlib.Path:
+  """config.json and TL / FT checkpoints of resnetv2_tiny at 64 px (two random inits, the FT
+  one a small step away from the TL one, so the maps differ but stay related)."""
+  model_arch, size = "resnetv2_tiny", 64
+  model = jd.models.create(model_arch, len(CLASSES))
+  tl = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0),
+                                                           np.zeros((1, size, size, 3)))
+  noise = jd.faithfulness.init_variables(model, jax.random.key(1), np.zeros((1, size, size, 3)))
+  ft = jax.tree.map(lambda a, b: a + 0.3 * b, tl, noise)
+  workdir = root / "resnet50v2"
+  jd.workdir.write_config(workdir, {
+      "arch": "resnet50v2", "model_arch": model_arch, "reduced": True, "preset": "smoke",
+      "data": "phantoms/small", "data_options": {}, "data_dir": str(data_dir),
+      "input_size": size, "num_classes": len(CLASSES), "class_names": CLASSES,
+      "dropout_rate": 0.0, "seed": 0})
+  for name, variables in (("tl", tl), ("ft", ft)):
+    jd.train.checkpoint.save_named(workdir, name, variables["params"],
+                                   variables["batch_stats"], {"phase": name})
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+  """The drift stage with faithfulness on 16 test images, then the report."""
+  data_dir = tmp_path_factory.mktemp("tfds")
+  jd.data.build("phantoms/small", data_dir=data_dir)
+  workdir = _workdir(tmp_path_factory.mktemp("runs"), data_dir)
+  config = jd.study.DriftConfig(methods=METHODS, split="test[:16]", batch_size=8,
+                                null_samples=4, selection="all", examples_per_class=0,
+                                faithfulness=True, faithfulness_steps=STEPS)
+  paths = jd.study.run_drift(workdir, config, progress=False)
+  report = jd.report.build_report([workdir], tmp_path_factory.mktemp("report"))
+  return workdir, config, paths, report
+
+
+def test_columns_equal_the_library_on_the_same_maps(stage):
+  """samples.csv's AUCs == jd.faithfulness.deletion / insertion on the stage's own maps
+  (recomputed with jd.cam.compute_pair), each checkpoint on its own model, network grid."""
+  workdir, config, paths, _ = stage
+  table = results.read_table(paths["samples"])
+  model, tl, run = jd.train.load_checkpoint(workdir, "tl")
+  _, ft, _ = jd.train.load_checkpoint(workdir, "ft")
+  source = jd.data.load("phantoms/small", "test[:16]", data_dir=run["data_dir"])
+  batch = next(iter(jd.data.host_batches(source, arch=run["model_arch"], batch_size=8,
+                                         train=False, image_size=64)))
+  images, labels = np.asarray(batch["image"])[:3], np.asarray(batch["label"])[:3]
+  grid = jd.models.cam_grid(run["model_arch"], 64)
+  pair = jd.cam.compute_pair(model, tl, ft, images, labels, methods=METHODS)
+  checked = 0
+  for method in METHODS:
+    rows = np.flatnonzero(table["method"] == method)[:3]
+    np.testing.assert_array_equal(table["image"][rows], batch["index"][:3])
+    for i, (name, variables) in enumerate((("tl", tl), ("ft", ft))):
+      fn = functools.partial(model.apply, variables, train=False)
+      for kind, score in (("deletion", jd.faithfulness.deletion),
+                          ("insertion", jd.faithfulness.insertion)):
+        want = score(fn, images, pair[method].maps[i], labels, steps=STEPS, grid=grid)["auc"]
+        np.testing.assert_allclose(table[f"{name}_{kind}_auc"][rows], want, rtol=1e-5,
+                                   atol=1e-6)
+        checked += 1
+  assert checked == 8
+  for column in jd.study.faithfulness_stage.COLUMNS:
+    assert np.all((table[column] >= 0) & (table[column] <= 1)), column
+  manifest = results.read_json(workdir / "drift" / "manifest.json")
+  assert manifest["faithfulness"] is True and manifest["faithfulness_steps"] == STEPS
