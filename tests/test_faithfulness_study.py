@@ -86,3 +86,44 @@ def test_columns_equal_the_library_on_the_same_maps(stage):
     assert np.all((table[column] >= 0) & (table[column] <= 1)), column
   manifest = results.read_json(workdir / "drift" / "manifest.json")
   assert manifest["faithfulness"] is True and manifest["faithfulness_steps"] == STEPS
+
+
+def test_sanity_checks_of_the_ft_checkpoint_are_in_aggregates(stage):
+  workdir, config, paths, _ = stage
+  sanity = results.read_json(paths["aggregates"])["sanity"]
+  assert sanity["images"] == config.null_samples
+  assert [(r["method"], r["layer"]) for r in sanity["parameter_randomization"]] == [
+      (m, "post_relu") for m in METHODS]
+  model, ft, _ = jd.train.load_checkpoint(workdir, "ft")
+  order = jd.faithfulness.layer_order(model, ft, (64, 64, 3))
+  for row in sanity["parameter_randomization"]:
+    assert row["randomised"] == ["(none)"] + order[::-1]  # head first
+    assert len(row["spearman"]) == len(row["ssim"]) == len(order) + 1
+    assert row["spearman"][0] == pytest.approx(1.0, abs=1e-5)  # nothing randomised yet
+    assert row["ssim"][0] == pytest.approx(1.0, abs=1e-5)
+    assert row["spearman"][-1] < 0.9  # every layer random: the maps have moved
+  for row in sanity["random_logit"]:
+    assert -1.0 <= row["spearman"] <= 1.0 and row["n_finite"] <= config.null_samples
+
+
+def test_report_holds_the_paired_table_and_both_figures(stage):
+  workdir, config, paths, report = stage
+  md = report["report"].read_text()
+  table = results.read_table(paths["samples"])
+  rows = jd.report.faithfulness.paired_rows(table, "all", seed=config.seed)
+  assert jd.report.faithfulness.paired_markdown(rows) in md
+  assert len(rows) == 2 * len(METHODS)  # one arch x methods x (deletion, insertion)
+  for row in rows:  # the table's TL and FT means are the CSV's
+    tl = table[f"tl_{row['score']}_auc"][table["method"] == row["method"]]
+    assert row["tl_mean"] == pytest.approx(float(np.mean(tl)))
+    assert row["n"] == len(tl)
+  assert "## Faithfulness of the maps: TL vs FT" in md and "random logit: Spearman" in md
+  figs = report["figures"]
+  assert figs["faithfulness_drift"]["panels"] == len(METHODS)
+  assert figs["faithfulness_sanity"]["panels"] == 2
+  for name in ("faithfulness_drift", "faithfulness_sanity"):
+    assert pathlib.Path(figs[name]["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![{name}](figures/{name}.png)" in md
+  data = results.read_json(report["json"])
+  assert [r["method"] for r in data["faithfulness"]] == [r["method"] for r in rows]
+  assert set(data["sanity"]) == {"resnet50v2"}

@@ -13,6 +13,7 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
   DIR/drift/aggregates.json summaries (count, invalid counts, mean, sd, median, IQR,
                             bootstrap CI) per method x layer x class, method comparisons,
                             null baselines, localisation hit rates, TL/FT test metrics
+                            and, with faithfulness, the FT checkpoint's sanity checks
   DIR/drift/examples.npz    a few selected images per class with both maps, for figures
   DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
                             configuration does nothing
@@ -44,7 +45,7 @@ import numpy as np
 
 from jaxdrift import cam, data, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import drift_device, drift_nulls, epoch_drift, results
+from jaxdrift.study import drift_device, drift_nulls, epoch_drift, faithfulness_stage, results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +421,8 @@ def host_statistics(stage: Stage, table: dict, manifest: dict) -> dict:
   return out
 
 
-def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None) -> dict:
+def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None,
+              sanity=None) -> dict:
   """aggregates.json, its keys in a fixed order (`host_statistics`' first)."""
   out = {k: v for k, v in statistics.items() if k != "localization"}
   out.update(nulls=nulls, classification=classification)
@@ -428,7 +430,21 @@ def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None) 
     out["localization"] = statistics["localization"]
   if epochs is not None:
     out["epochs"] = epochs
+  if sanity is not None:
+    out["sanity"] = sanity
   return out
+
+
+def sanity_checks(stage: Stage, collected: Collected) -> dict:
+  """aggregates.json "sanity": `faithfulness_stage.sanity` on the FT checkpoint, with the
+  null images (the first `null_samples` images of the split) and their true classes."""
+  key = jax.random.fold_in(jax.random.key(stage.config.seed), _SANITY_STREAM)
+  return faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
+                                   collected.null_labels, stage.config.methods, stage.layers,
+                                   key=key, mesh=stage.mesh)
+
+
+_SANITY_STREAM = 22  # the sanity checks' own random stream, apart from the nulls' keys
 
 
 def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
@@ -470,7 +486,10 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdrift-stats") as pool:
       statistics = pool.submit(host_statistics, stage, table, manifest)
       nulls = drift_nulls.nulls(stage, table, selected, collected)
-      epochs, epoch_table = None, None
+      epochs, epoch_table, sanity = None, None, None
+      if config.faithfulness:
+        with clock.part("device"):
+          sanity = sanity_checks(stage, collected)
       if config.epochs == "all":
         epoch_table = epoch_drift.table(stage, table, collected.maps)
         with clock.part("write"):
@@ -478,7 +497,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
         with clock.part("host"):
           epochs = epoch_drift.summarize(epoch_table, table, selected)
       with clock.part("host"):
-        aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs)
+        aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs,
+                               sanity)
     with clock.part("write"):
       results.write_json(aggregates, paths["aggregates"])
       results.write_json(manifest, done)

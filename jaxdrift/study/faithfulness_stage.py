@@ -93,3 +93,52 @@ def device_program(model, variables, steps: int, grid, batch_size: int, mesh):
     return out
 
   return jax.jit(program)
+
+
+def _mean(values) -> float:
+  """Mean over the finite values; NaN when none is (all-zero maps have no ranking)."""
+  values = np.asarray(values, np.float64)
+  ok = np.isfinite(values)
+  return float(values[ok].mean()) if ok.any() else float("nan")
+
+
+def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None) -> dict:
+  """The sanity checks of one checkpoint (the drift stage runs them on FT), per method and
+  attribution layer: cascading parameter randomisation and random-logit similarity.
+
+  Args:
+    model, variables: the port and the checkpoint's variables.
+    images: [n, H, W, C] preprocessed; targets: int [n] (the true classes).
+    methods: `jd.cam` methods; layers: resolved Keras layer names of the maps.
+    key: PRNG key (split into the re-initialisation key and the random classes' key).
+    mesh: passed to `jd.cam.compute`.
+
+  Returns:
+    {"images": n, "parameter_randomization": [{method, layer, randomised (["(none)", then
+    the layers re-initialised, head first]), spearman, ssim (means over images, one per
+    entry of randomised), n_finite (images with a defined similarity after every layer)}],
+    "random_logit": [{method, layer, spearman, ssim, n_finite}], "settings": {...}}.
+  """
+  init_key, logit_key = jax.random.split(key)
+  images, targets = np.asarray(images), np.asarray(targets)
+  randomization, logit, settings = [], [], None
+  for method in methods:
+    for layer in layers:
+      out = faithfulness.parameter_randomization(model, variables, images, targets, method,
+                                                 key=init_key, layer=layer, mesh=mesh)
+      settings = out["settings"]
+      both = np.isfinite(out["spearman"]) & np.isfinite(out["ssim"])
+      randomization.append(dict(
+          method=method, layer=layer, randomised=list(out["layers"]),
+          spearman=[_mean(row) for row in out["spearman"]],
+          ssim=[_mean(row) for row in out["ssim"]], n_finite=int(both.all(axis=0).sum())))
+      other = faithfulness.random_logit(model, variables, images, targets, method,
+                                        key=logit_key, layer=layer, mesh=mesh)
+      ok = np.isfinite(np.asarray(other["spearman"])) & np.isfinite(np.asarray(other["ssim"]))
+      logit.append(dict(method=method, layer=layer, spearman=_mean(other["spearman"]),
+                        ssim=_mean(other["ssim"]), n_finite=int(ok.sum())))
+  return {"images": int(len(images)), "parameter_randomization": randomization,
+          "random_logit": logit,
+          "settings": {**(settings or {}), "method": list(methods), "checkpoint": "ft",
+                       "random_logit": "maps of (target + u) mod K, u uniform in 1..K-1",
+                       "mean": "over images with a finite similarity"}}
