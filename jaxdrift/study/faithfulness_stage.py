@@ -121,6 +121,10 @@ def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None
   """
   init_key, logit_key = jax.random.split(key)
   images, targets = np.asarray(images), np.asarray(targets)
+  # Uncommitted copies, like the fresh variables of `init_variables`: jit's cache tells
+  # committed arrays from uncommitted ones, so a mix of restored (committed) and fresh
+  # layers would compile the attribution program again after every layer randomised.
+  variables = jax.device_put(jax.device_get(variables))
   randomization, logit, settings = [], [], None
   for method in methods:
     for layer in layers:
