@@ -16,7 +16,7 @@ import jaxdrift as jd
 from jaxdrift.study import results
 
 STEPS = 4
-METHODS = ("layercam", "gradcam++")
+METHODS = ("layercam",)
 CLASSES = ["lobar_consolidation", "peripheral_ground_glass", "no_lesion",
            "upper_lobe_nodules", "diffuse_bilateral"]
 
@@ -81,7 +81,7 @@ def test_columns_equal_the_library_on_the_same_maps(stage):
         np.testing.assert_allclose(table[f"{name}_{kind}_auc"][rows], want, rtol=1e-5,
                                    atol=1e-6)
         checked += 1
-  assert checked == 8
+  assert checked == 4 * len(METHODS)
   for column in jd.study.faithfulness_stage.COLUMNS:
     assert np.all((table[column] >= 0) & (table[column] <= 1)), column
   manifest = results.read_json(workdir / "drift" / "manifest.json")

@@ -50,9 +50,14 @@ def faithfulness_columns(model, tl_variables, ft_variables, images, tl_maps, ft_
 def device_program(model, variables, steps: int, grid, batch_size: int, mesh):
   """The drift stage's per-batch faithfulness program: one jit, compiled once per stage.
 
-  Every step of deletion and insertion (blur baseline, target probability, the library's
-  `runner` program) for both checkpoints and every method of one layer, on device arrays,
-  with nothing fetched: the host reads the AUCs with the batch's other columns.
+  Deletion and insertion (blur baseline of `BLUR_SIGMA`, the target's probability) of both
+  checkpoints and every method of one layer, on device arrays, nothing fetched: the host
+  reads the AUCs with the batch's other columns. It runs the library's own perturbation
+  program (`jd.faithfulness.runner`) ONCE per checkpoint, in a `lax.map` over the two
+  checkpoints, so that XLA compiles the model's forward pass once, not four times:
+  insertion of image x on blur(x) is deletion from blur(x) towards the baseline x, so both
+  scores are one deletion call on the batch [x; blur(x)] with baselines [blur(x); x] and
+  every method's maps side by side.
 
   Args:
     model: the port; variables: either checkpoint's variables (their structure only).
@@ -67,30 +72,40 @@ def device_program(model, variables, steps: int, grid, batch_size: int, mesh):
   """
   static, _ = runner.split_fn(functools.partial(model.apply, variables, train=False))
   n_dev = mesh.shape[distributed.DATA_AXIS]
-  chunk, n_chunks = runner.plan_chunks(steps + 1, -(-batch_size // n_dev), None)
-  grid = None if grid is None else tuple(float(g) for g in grid)
   sharding = distributed.batch_sharding(mesh) if n_dev > 1 else None
-  programs = {kind: runner._program(
-      static, perturbation._perturb, perturbation._prepare,
-      (("baseline", "blur"), ("blur_sigma", BLUR_SIGMA), ("mode", kind)), "probability", grid,
-      chunk, n_chunks, sharding) for kind in ("deletion", "insertion")}
 
   def program(tl_vars, ft_vars, images, maps, targets):
-    height, width = images.shape[1:3]
+    methods = list(maps)
+    batch, height, width = images.shape[:3]
+    rows = 2 * len(methods) * batch  # (method, deletion / insertion, image)
+    chunk, n_chunks = runner.plan_chunks(steps + 1, -(-rows // n_dev), None)
+    run = runner._program(static, perturbation._perturb, perturbation._prepare,
+                          (("baseline", "array"), ("blur_sigma", BLUR_SIGMA),
+                           ("mode", "deletion")), "probability",
+                          None if grid is None else tuple(float(g) for g in grid), chunk,
+                          n_chunks, sharding)
     counts = runner.round_counts((np.arange(steps + 1), steps), height * width)
-    counts = np.concatenate([counts, np.full(n_chunks * chunk - steps - 1, counts[-1],
-                                             np.int32)])
-    dynamic = {"tl": runner.split_fn(functools.partial(model.apply, tl_vars, train=False))[1],
-               "ft": runner.split_fn(functools.partial(model.apply, ft_vars, train=False))[1]}
-    out = {}
-    for method, pair in maps.items():
-      cols = {}
-      for i, name in enumerate(("tl", "ft")):
-        for kind, run in programs.items():
-          curve, _ = run(dynamic[name], images, pair[i], targets, jnp.asarray(counts), None)
-          cols[f"{name}_{kind}_auc"] = perturbation.trapezoid_auc(curve[:, :steps + 1])
-      out[method] = {k: cols[k] for k in COLUMNS}
-    return out
+    counts = jnp.asarray(np.concatenate(
+        [counts, np.full(n_chunks * chunk - steps - 1, counts[-1], np.int32)]))
+    blurred = perturbation.blur(images, BLUR_SIGMA)
+    tile = lambda a: jnp.concatenate([a] * len(methods))
+    start = tile(jnp.concatenate([images, blurred]))
+    base = tile(jnp.concatenate([blurred, images]))
+    both = jnp.concatenate([targets, targets])
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tl_vars, ft_vars)
+
+    def one(args):  # one checkpoint: its maps of every method on its own model
+      variables, ckpt_maps = args
+      dynamic = runner.split_fn(functools.partial(model.apply, variables, train=False))[1]
+      scored = jnp.concatenate([jnp.concatenate([m, m]) for m in ckpt_maps])
+      curve, _ = run(dynamic, start, scored, tile(both), counts, base)
+      return perturbation.trapezoid_auc(curve[:, :steps + 1]).reshape(len(methods), 2, batch)
+
+    auc = jax.lax.map(one, (stacked, [maps[m] for m in methods]))  # [2, methods, 2, B]
+    where = {f"{ckpt}_{kind}_auc": (c, k) for c, ckpt in enumerate(("tl", "ft"))
+             for k, kind in enumerate(("deletion", "insertion"))}
+    return {m: {name: auc[where[name][0], i, where[name][1]] for name in COLUMNS}
+            for i, m in enumerate(methods)}
 
   return jax.jit(program)
 
