@@ -16,7 +16,7 @@ import jaxdrift as jd
 from jaxdrift.study import results
 
 STEPS = 4
-METHODS = ("layercam",)
+METHODS = ("layercam",)  # one: a second method adds ~10 s of compiles
 CLASSES = ["lobar_consolidation", "peripheral_ground_glass", "no_lesion",
            "upper_lobe_nodules", "diffuse_bilateral"]
 
