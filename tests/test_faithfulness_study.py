@@ -127,3 +127,20 @@ def test_report_holds_the_paired_table_and_both_figures(stage):
   data = results.read_json(report["json"])
   assert [r["method"] for r in data["faithfulness"]] == [r["method"] for r in rows]
   assert set(data["sanity"]) == {"resnet50v2"}
+
+
+def test_command_line_flags_and_config_checks():
+  from jaxdrift import cli
+  args = cli.command_parser("drift").parse_args(
+      ["--workdir", "w", "--faithfulness", "--faithfulness-steps", "7"])
+  assert cli.drift.config(args) == jd.study.DriftConfig(faithfulness=True,
+                                                        faithfulness_steps=7)
+  args = cli.command_parser("pipeline").parse_args(["--faithfulness"])
+  assert args.faithfulness and args.faithfulness_steps == 50
+  for bad, match in (({"faithfulness": 1}, "faithfulness must be True or False"),
+                     ({"faithfulness_steps": 0}, "faithfulness_steps must be an integer >= 1")):
+    with pytest.raises(ValueError, match=match):
+      jd.study.DriftConfig(**bad)
+  # Without faithfulness the manifest is that of a stage run before the option existed.
+  manifest = jd.study.drift_stage._outputs(pathlib.Path("w"), jd.study.DriftConfig())[1]
+  assert "faithfulness" not in manifest and "faithfulness_steps" not in manifest
