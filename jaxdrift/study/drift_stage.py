@@ -7,6 +7,7 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
   DIR/drift/samples.csv     one row per (image, method, layer): image id, true class, both
                             predictions, selection flags, every drift metric, validity and,
                             on phantoms, localisation of both maps against the lesion mask
+                            and, with faithfulness, deletion / insertion AUC of both maps
   DIR/drift/epochs.csv      with epochs="all": per (image, method, layer, epoch, reference)
                             the drift of each epoch against the TL checkpoint ("tl") and
                             against the previous epoch ("previous")

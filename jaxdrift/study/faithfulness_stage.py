@@ -4,6 +4,10 @@ For one batch and one attribution method, each checkpoint's maps are scored agai
 checkpoint's model (`jd.faithfulness.deletion` / `insertion`), so the paired change
 FT - TL says whether fine-tuning made the evidence more or less faithful to the model that
 uses it. Lower deletion AUC and higher insertion AUC are better.
+
+`device_program` is the drift stage's per-batch form (device arrays in, device arrays out,
+compiled once); `faithfulness_columns` the same scores through the public functions, for
+maps held anywhere; `sanity` the checks the stage runs once on the FT checkpoint.
 """
 
 import functools
