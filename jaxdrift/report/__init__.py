@@ -5,9 +5,10 @@
 Every number in the tables is recomputed here from the per-sample CSVs
 (DIR/drift/samples.csv) with `jaxdrift.metrics.stats`, so a table cell can always be traced
 back to samples; classification metrics come from DIR/summary.json, nulls and localisation
-from DIR/drift/aggregates.json, training curves from DIR/metrics.jsonl. Runs whose drift stage scored faithfulness
-(samples.csv has tl_/ft_ deletion / insertion AUC, aggregates.json "sanity") add a section
-with the paired TL vs FT scores and two figures; other reports are unchanged.
+from DIR/drift/aggregates.json, training curves from DIR/metrics.jsonl. Runs whose drift
+stage scored faithfulness (samples.csv has tl_/ft_ deletion / insertion AUC,
+aggregates.json "sanity") add a section with the paired TL vs FT scores and two figures;
+other reports are unchanged.
 """
 
 import pathlib
