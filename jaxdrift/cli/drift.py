@@ -2,7 +2,7 @@
 
     jaxdrift drift --workdir runs/resnet50v2 [--methods layercam,gradcam++]
         [--layers canonical,last_conv|NAMES] [--select both|ft|tl|all] [--epochs final|all]
-        [--split test]
+        [--split test] [--faithfulness [--faithfulness-steps 50]]
 
 Writes DIR/drift/ (see jaxdrift.study.drift_stage); a rerun with the same options does
 nothing. Every option is checked (`jaxdrift.study.DriftConfig`) before anything is read or
@@ -48,6 +48,18 @@ def add_arguments(p) -> None:
   p.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's)")
   p.add_argument("--seed", type=int, default=0,
                  help="seed of nulls and bootstrap (default: %(default)s)")
+  add_faithfulness_arguments(p)
+
+
+def add_faithfulness_arguments(p) -> None:
+  """--faithfulness and --faithfulness-steps (also `jaxdrift pipeline`'s)."""
+  p.add_argument("--faithfulness", action="store_true",
+                 help="also score each checkpoint's maps on its own model (deletion and "
+                      "insertion AUC per image) and run the sanity checks on FT; see "
+                      "docs/faithfulness.md")
+  p.add_argument("--faithfulness-steps", type=int, default=50,
+                 help="perturbation steps of each deletion / insertion curve "
+                      "(default: %(default)s)")
 
 
 def config(args):
@@ -58,7 +70,8 @@ def config(args):
       methods=tuple(args.methods.split(",")), layers=tuple(args.layers.split(",")),
       selection=args.select, epochs=args.epochs, split=args.split,
       batch_size=args.batch_size, null_samples=args.null_samples, seed=args.seed,
-      grid=args.grid, pointing_tolerance=args.pointing_tolerance)
+      grid=args.grid, pointing_tolerance=args.pointing_tolerance,
+      faithfulness=args.faithfulness, faithfulness_steps=args.faithfulness_steps)
 
 
 def run(args, usage_error) -> int:

@@ -2,11 +2,15 @@
 
     jaxdrift pipeline --preset demo                    # phantoms, reduced models, CPU minutes
     jaxdrift pipeline --preset paper --data-dir ~/tfds  # chest_xray5, GPU/TPU
+    jaxdrift pipeline --preset demo --faithfulness     # also deletion / insertion, sanity
 
 Resumable: rerun the same command after an interruption.
 """
 
+import dataclasses
 import os
+
+from jaxdrift.cli import drift as drift_cli
 
 HELP = "the whole study over several architectures, then the report"
 USES_DATA = True
@@ -27,6 +31,7 @@ def add_arguments(p) -> None:
                  help="architectures trained at once, one process each, at least 1 "
                       "(default: one per CPU core on a CPU, 1 on an accelerator)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  drift_cli.add_faithfulness_arguments(p)
 
 
 def run(args, usage_error) -> int:
@@ -35,9 +40,14 @@ def run(args, usage_error) -> int:
   if args.root is not None and os.path.exists(args.root) and not os.path.isdir(args.root):
     raise usage_error(f"--root must be a directory, found a file at {args.root}; pass a "
                       "directory path (it is created)")
+  drift = None
+  if args.faithfulness:
+    drift = dataclasses.replace(study.DRIFT_PRESETS[args.preset],
+                                faithfulness=args.faithfulness,
+                                faithfulness_steps=args.faithfulness_steps)
   out = study.run_pipeline(args.preset, archs=args.archs.split(","), root=args.root,
                            data=args.data, data_dir=args.data_dir, workers=args.workers,
-                           progress=not args.no_progress)
+                           drift=drift, progress=not args.no_progress)
   if args.no_progress:  # with progress on, run_pipeline has said where the report is
     print(f"report: {out['report']}")
   return 0

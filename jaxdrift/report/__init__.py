@@ -5,7 +5,10 @@
 Every number in the tables is recomputed here from the per-sample CSVs
 (DIR/drift/samples.csv) with `jaxdrift.metrics.stats`, so a table cell can always be traced
 back to samples; classification metrics come from DIR/summary.json, nulls and localisation
-from DIR/drift/aggregates.json, training curves from DIR/metrics.jsonl.
+from DIR/drift/aggregates.json, training curves from DIR/metrics.jsonl. Runs whose drift
+stage scored faithfulness (samples.csv has tl_/ft_ deletion / insertion AUC,
+aggregates.json "sanity") add a section with the paired TL vs FT scores and two figures;
+other reports are unchanged.
 """
 
 import pathlib
@@ -14,8 +17,8 @@ import zipfile
 import numpy as np
 
 from jaxdrift.metrics import stats
-from jaxdrift.report import figures, tables
-from jaxdrift.study import results
+from jaxdrift.report import faithfulness, figures, tables
+from jaxdrift.study import faithfulness_stage, results
 
 __all__ = ["build_report", "load_runs", "combined_table"]
 
@@ -82,7 +85,8 @@ def combined_table(runs) -> dict:
   """One table over all runs. Layers are compared by their specification ("canonical" is
   relu / post_relu / mixed10 depending on the architecture); with several, methods are
   named "method@spec"."""
-  table = results.concat([r["table"] for r in runs])
+  common = [k for k in runs[0]["table"] if all(k in r["table"] for r in runs)]
+  table = results.concat([{k: r["table"][k] for k in common} for r in runs])
   if len(set(table["layer_spec"])) > 1:
     table["method"] = np.array(
         [f"{m}@{l}" for m, l in zip(table["method"], table["layer_spec"])], object)
@@ -145,19 +149,70 @@ def build_report(workdirs, out_dir=None) -> dict:
   loc_rows = [dict(r, arch=run["arch"]) for run in runs for r in run.get("localization", [])]
   if loc_rows:
     add("localization", figures.localization, loc_rows)
+  scored = [r for r in runs if set(faithfulness_stage.COLUMNS) <= set(r["table"])]
+  paired = None
+  if scored:
+    faith_table = combined_table(scored)
+    paired = faithfulness.paired_rows(faith_table, selection, seed=runs[0]["config"]["seed"])
+    add("faithfulness_drift", lambda t, path: faithfulness.drift_vs_deletion(
+        t, path, metric="iou", selection=selection), faith_table)
+    curves = _sanity_curves(scored)
+    if curves:
+      add("faithfulness_sanity", faithfulness.sanity_figure, curves)
 
   md = _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_names, figs,
-                 out_dir)
+                 out_dir, paired, scored)
   (out_dir / "report.md").write_text(md)
   data = {"selection": selection, "drift": cells + extra_cells, "rankings": rankings,
           "reversals": stats.ranking_reversals(summary, metrics=metric_names),
           "figures": figs}
+  if paired is not None:
+    data["faithfulness"] = paired
+    data["sanity"] = {r["arch"]: r["sanity"] for r in scored if "sanity" in r}
   results.write_json(data, out_dir / "report.json")
   return {"report": out_dir / "report.md", "json": out_dir / "report.json", "figures": figs}
 
 
+def _sanity_curves(runs) -> dict:
+  """{"arch method@layer": {"spearman": [L + 1, 1], "ssim": [L + 1, 1]}} of the runs'
+  cascading randomisation means (aggregates.json "sanity"), for `sanity_figure`."""
+  curves = {}
+  for run in runs:
+    for row in run.get("sanity", {}).get("parameter_randomization", []):
+      curves[f"{run['arch']} {row['method']}@{row['layer']}"] = {
+          k: np.array([np.nan if v is None else v for v in row[k]], np.float64)[:, None]
+          for k in ("spearman", "ssim")}
+  return curves
+
+
+def _faithfulness_md(paired, runs) -> list:
+  """The report's faithfulness section (Markdown lines)."""
+  steps = sorted({r["config"].get("faithfulness_steps") for r in runs})
+  parts = ["## Faithfulness of the maps: TL vs FT", "",
+           "Each checkpoint's maps scored on its own model (docs/faithfulness.md): deletion "
+           "AUC (lower is better) and insertion AUC (higher is better), "
+           f"{' / '.join(map(str, steps))} steps, blur baseline (sigma 5 px), the true "
+           "class's softmax probability, maps upsampled on the drift metrics' grid. Change: "
+           "FT - TL per image, mean [bootstrap 95% CI]; Wilcoxon signed-rank p of the pairs.",
+           "", faithfulness.paired_markdown(paired), ""]
+  rows = [[r["arch"], full["method"], full["layer"], tables.fmt(full["spearman"][-1]),
+           tables.fmt(full["ssim"][-1]), tables.fmt(logit["spearman"]),
+           tables.fmt(logit["ssim"])]
+          for r in runs if "sanity" in r
+          for full, logit in zip(r["sanity"]["parameter_randomization"],
+                                 r["sanity"]["random_logit"])]
+  if rows:
+    parts += ["Sanity checks on the FT checkpoint (Adebayo et al. 2018): mean similarity to "
+              "the original maps (lower is better) with every layer re-initialised, head "
+              "down (cascading), and of the maps of a random other class.", "",
+              tables.markdown(["arch", "method", "layer", "randomised: Spearman",
+                               "randomised: SSIM", "random logit: Spearman",
+                               "random logit: SSIM"], rows), ""]
+  return parts
+
+
 def _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_names, figs,
-              out_dir) -> str:
+              out_dir, paired=None, scored=()) -> str:
   layers = ", ".join(sorted({f"{r['arch']}: {', '.join(r['layers'].values())}" for r in runs}))
   parts = [
       "# Drift of the evidence between the transfer-learning and fine-tuned checkpoints", "",
@@ -185,6 +240,8 @@ def _markdown(runs, selection, main_md, extra_md, ranking_md, table, metric_name
               "peak at a random cell). Cells sit where the network centres them "
               "(`jd.models.cam_grid`) unless the drift stage ran with grid=half_pixel.", "",
               tables.localization_table(runs), ""]
+  if paired is not None:
+    parts += _faithfulness_md(paired, scored)
   parts += ["## Figures", ""]
   for name, fig in figs.items():
     rel = pathlib.Path(fig["path"]).relative_to(out_dir)

@@ -19,8 +19,9 @@ while the host tabulates. Every batch has the same shape (the eval path pads the
 and marks it in "mask"), so each program compiles once per run.
 
 A pair program returns {method: {"extra": ..., "maps": ..., ...}}: further per-image
-columns (a faithfulness score, ...) are further entries of the same dict; `pair_dispatch`
-adds "drift".
+columns are further entries of the same dict; `pair_dispatch` adds "drift" and, with the
+stage's `faithfulness`, "faithfulness" (deletion / insertion AUC of both checkpoints, one
+more program per layer: `faithfulness_stage.device_program`).
 """
 
 import collections
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift import cam, distributed, metrics
+from jaxdrift.study import faithfulness_stage
 
 # Where the compile time of a program goes: tracing, lowering, XLA (or the cache's read).
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -193,16 +195,24 @@ class Attribution:
     return {m: r.maps for m, r in out.items()}, finite
 
 
-def pair_dispatch(stage, tl_vars, ft_vars):
+def pair_dispatch(stage, tl_vars, ft_vars, faithfulness: bool = False):
   """The per-batch device function of a pair of checkpoints: (host, device batch) ->
   {layer: ({method: columns}, all_finite)} of device arrays, nothing waited for. Columns:
-  `pair_program`'s, plus "drift" (the `jd.metrics.drift` dict)."""
+  `pair_program`'s, plus "drift" (the `jd.metrics.drift` dict) and, with `faithfulness`,
+  "faithfulness" (`faithfulness_stage.COLUMNS`: each checkpoint's maps scored on its own
+  model, upsampled on the layer's placement grid, against the true class)."""
   programs = {layer: pair_program(
       tuple(stage.config.methods), hashable(stage.placement[layer]),
       float(stage.config.pointing_tolerance * stage.size), stage.lesion)
       for layer in stage.layers}
   drifts = {layer: drift_program(stage.placement[layer], stage.mesh)
             for layer in stage.layers}
+  scores = {}
+  if faithfulness:
+    scores = {layer: faithfulness_stage.device_program(
+        stage.model, tl_vars, stage.config.faithfulness_steps,
+        stage.placement[layer]["grid"], stage.batch_size, stage.mesh)
+        for layer in stage.layers}
 
   def dispatch(host, batch):
     out = {}
@@ -211,6 +221,12 @@ def pair_dispatch(stage, tl_vars, ft_vars):
       cols = programs[layer](maps, batch.get("lesion_mask"))
       for c in cols.values():
         c["drift"] = drifts[layer](c["maps"]["tl"], c["maps"]["ft"], batch["mask"])
+      if layer in scores:
+        aucs = scores[layer](tl_vars, ft_vars, batch["image"],
+                             {m: r[0] for m, r in maps.items()},
+                             jnp.argmax(batch["weights"], axis=-1))
+        for method, c in cols.items():
+          c["faithfulness"] = aucs[method]
       out[layer] = (cols, finite)
     return out
 

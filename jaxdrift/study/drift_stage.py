@@ -7,12 +7,14 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
   DIR/drift/samples.csv     one row per (image, method, layer): image id, true class, both
                             predictions, selection flags, every drift metric, validity and,
                             on phantoms, localisation of both maps against the lesion mask
+                            and, with faithfulness, deletion / insertion AUC of both maps
   DIR/drift/epochs.csv      with epochs="all": per (image, method, layer, epoch, reference)
                             the drift of each epoch against the TL checkpoint ("tl") and
                             against the previous epoch ("previous")
   DIR/drift/aggregates.json summaries (count, invalid counts, mean, sd, median, IQR,
                             bootstrap CI) per method x layer x class, method comparisons,
                             null baselines, localisation hit rates, TL/FT test metrics
+                            and, with faithfulness, the FT checkpoint's sanity checks
   DIR/drift/examples.npz    a few selected images per class with both maps, for figures
   DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
                             configuration does nothing
@@ -44,7 +46,7 @@ import numpy as np
 
 from jaxdrift import cam, data, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import drift_device, drift_nulls, epoch_drift, results
+from jaxdrift.study import drift_device, drift_nulls, epoch_drift, faithfulness_stage, results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,11 @@ class DriftConfig:
       or "half_pixel" (cell i at (i + 0.5) * H / h - 0.5, like cv2.resize).
     pointing_tolerance: pointing-game tolerance as a fraction of the image size (15 / 224:
       Zhang et al.'s 15 pixels at 224).
+    faithfulness: also score every map's faithfulness to its own checkpoint (deletion and
+      insertion AUC, columns tl_/ft_deletion_auc, tl_/ft_insertion_auc of samples.csv) and
+      run the sanity checks on the FT checkpoint (aggregates.json "sanity"); see
+      docs/faithfulness.md.
+    faithfulness_steps: perturbation steps of each deletion / insertion curve.
   """
 
   methods: tuple = ("layercam", "gradcam++")
@@ -83,6 +90,8 @@ class DriftConfig:
   seed: int = 0
   grid: str = "network"
   pointing_tolerance: float = 15 / 224
+  faithfulness: bool = False
+  faithfulness_steps: int = 50
 
   def __post_init__(self):
     """Raises ValueError naming a bad field, what it must be and what it is."""
@@ -106,8 +115,10 @@ class DriftConfig:
     if match is None or match.group(1) not in _SPLITS:
       raise ValueError(f"split must be one of {', '.join(_SPLITS)}, optionally sliced as in "
                        f"TFDS (e.g. 'test[:50]'), got {self.split!r}")
+    if not isinstance(self.faithfulness, bool):
+      raise ValueError(f"faithfulness must be True or False, got {self.faithfulness!r}")
     for name, minimum in (("batch_size", 1), ("null_samples", 1), ("examples_per_class", 0),
-                          ("seed", 0)):
+                          ("seed", 0), ("faithfulness_steps", 1)):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -200,6 +211,9 @@ def _outputs(workdir: pathlib.Path, config: DriftConfig):
            "epochs": out_dir / "epochs.csv" if config.epochs == "all" else None}
   manifest = dataclasses.asdict(config)
   manifest = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.items()}
+  if not config.faithfulness:  # the manifests of stages run before these options existed
+    for name in ("faithfulness", "faithfulness_steps"):
+      del manifest[name]
   return paths, manifest, out_dir / "manifest.json"
 
 
@@ -333,6 +347,8 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
                    ft_all_zero=extra["ft_all_zero"][keep])
         if stage.lesion:
           row.update(results.subset(cols["localization"], keep))
+        if "faithfulness" in cols:
+          row.update(results.subset(cols["faithfulness"], keep))
         columns.append(row)
         for ckpt in ("tl", "ft"):
           maps[method, layer][ckpt].append(cols["maps"][ckpt][keep])
@@ -351,7 +367,8 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
 
   try:
     drift_device.run_batches(stage.device_batches(),
-                             drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars), consume,
+                             drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars,
+                                                        config.faithfulness), consume,
                              stage.clock)
   finally:
     if bar is not None:
@@ -405,7 +422,8 @@ def host_statistics(stage: Stage, table: dict, manifest: dict) -> dict:
   return out
 
 
-def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None) -> dict:
+def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None,
+              sanity=None) -> dict:
   """aggregates.json, its keys in a fixed order (`host_statistics`' first)."""
   out = {k: v for k, v in statistics.items() if k != "localization"}
   out.update(nulls=nulls, classification=classification)
@@ -413,7 +431,21 @@ def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None) 
     out["localization"] = statistics["localization"]
   if epochs is not None:
     out["epochs"] = epochs
+  if sanity is not None:
+    out["sanity"] = sanity
   return out
+
+
+def sanity_checks(stage: Stage, collected: Collected) -> dict:
+  """aggregates.json "sanity": `faithfulness_stage.sanity` on the FT checkpoint, with the
+  null images (the first `null_samples` images of the split) and their true classes."""
+  key = jax.random.fold_in(jax.random.key(stage.config.seed), _SANITY_STREAM)
+  return faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
+                                   collected.null_labels, stage.config.methods, stage.layers,
+                                   key=key, mesh=stage.mesh)
+
+
+_SANITY_STREAM = 22  # the sanity checks' own random stream, apart from the nulls' keys
 
 
 def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
@@ -455,7 +487,10 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdrift-stats") as pool:
       statistics = pool.submit(host_statistics, stage, table, manifest)
       nulls = drift_nulls.nulls(stage, table, selected, collected)
-      epochs, epoch_table = None, None
+      epochs, epoch_table, sanity = None, None, None
+      if config.faithfulness:
+        with clock.part("device"):
+          sanity = sanity_checks(stage, collected)
       if config.epochs == "all":
         epoch_table = epoch_drift.table(stage, table, collected.maps)
         with clock.part("write"):
@@ -463,7 +498,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
         with clock.part("host"):
           epochs = epoch_drift.summarize(epoch_table, table, selected)
       with clock.part("host"):
-        aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs)
+        aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs,
+                               sanity)
     with clock.part("write"):
       results.write_json(aggregates, paths["aggregates"])
       results.write_json(manifest, done)
