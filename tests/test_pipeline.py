@@ -170,8 +170,10 @@ def test_worker_processes_train_as_this_process_does(run, tmp_path):
   assert out["timings"]["workers"] == 2
   config = jd.train.preset("smoke", arch="densenet201", data_dir=data_dir)
   jd.train.train(config, tmp_path / "densenet201", progress=False)
-  assert (tmp_path / "densenet201" / "summary.json").read_text() == (
-      root / "densenet201" / "summary.json").read_text()
+  here, there = (json.loads((d / "densenet201" / "summary.json").read_text())
+                 for d in (tmp_path, root))
+  assert here.pop("timings").keys() == there.pop("timings").keys()  # seconds differ
+  assert json.dumps(here) == json.dumps(there)
 
 
 def test_drift_stage_killed_half_way_is_redone(run, monkeypatch):
