@@ -1,6 +1,6 @@
 """Deletion and insertion curves (Petsiuk et al. 2018, the RISE paper) of attribution maps.
 
-Each map is upsampled to the image size (`jd.metrics.upsample`, the same `grid` argument as
+Each map is upsampled to the image size (`jaxdrift.geometry.upsample`, the same `grid` argument as
 the drift metrics) and ranks the pixels: value descending, ties by flat row-major index
 ascending. At step i = 0..steps the first n_i = round(i * H * W / steps) ranked pixels
 (halves rounded up) are
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrift import geometry
 from jaxdrift.faithfulness import runner
-from jaxdrift.metrics import structural
 
 BASELINES = ("blur", "mean", "zero")
 BLUR_TRUNCATE = 4.0
@@ -38,7 +38,7 @@ TIE_RULE = "value descending, then flat row-major index ascending"
 def blur(images, sigma, truncate=BLUR_TRUNCATE):
   """Gaussian blur of images [B, H, W, C] per channel, reflected borders, float32."""
   x = jnp.moveaxis(images.astype(jnp.float32), -1, 1)
-  return jnp.moveaxis(structural.gaussian_filter(x, sigma, truncate), 1, -1)
+  return jnp.moveaxis(geometry.gaussian_filter(x, sigma, truncate), 1, -1)
 
 
 def _prepare(images, extra, *, baseline, blur_sigma, mode):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdrift import distributed, metrics
+from jaxdrift import distributed, geometry
 
 SCORES = ("probability", "logit")
 # Perturbed images per device and forward pass that the automatic chunk aims at.
@@ -109,7 +109,7 @@ def _program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks,
   def run(dynamic_fn, images, maps, targets, counts, extra):
     fn = join_fn(static_fn, dynamic_fn)
     batch, height, width, _ = images.shape
-    big = metrics.upsample(maps.astype(jnp.float32), (height, width), grid)
+    big = geometry.upsample(maps.astype(jnp.float32), (height, width), grid)
     ranks = jax.vmap(rank_positions)(big)
     context = prepare(images, extra)  # per-image inputs of `perturb`, e.g. the baseline
     steps = jnp.arange(n_chunks * chunk, dtype=jnp.int32)

@@ -8,8 +8,8 @@ jitted call; `drift_stream` does so over a whole test set, sharded over every de
 from jaxdrift.metrics.drift import (AUC_QS, MAP_QUANTITIES, PAIR_METRICS, DriftParams,
                                     concentration_change, displacement, drift, entropy_change,
                                     gini_change, iou, iou_auc, make_params, pair_metrics,
-                                    pearson, peak_displacement, soft_iou, spearman, ssim,
-                                    upsample)
+                                    pearson, peak_displacement, soft_iou, spearman, ssim)
+from jaxdrift.geometry import check_grid, grid_weights, upsample
 from jaxdrift.metrics.localization import (energy_inside, localize, mask_iou, pointing_chance,
                                           pointing_game)
 from jaxdrift.metrics.maps import (centroid, concentration, entropy, gini, is_valid, peak,

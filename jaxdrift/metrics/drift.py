@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdrift.geometry import check_grid, upsample
 from jaxdrift.metrics import maps as maps_lib
 from jaxdrift.metrics import order
 from jaxdrift.metrics import structural as ssim_lib
@@ -231,48 +232,6 @@ def make_params(resolution=None, **params):
   if unknown:
     raise TypeError(f"unknown drift parameter(s) {unknown}; accepted: {sorted(names)}")
   return DriftParams(resolution=resolution, **params)
-
-
-def check_grid(grid):
-  """(stride, offset) as two floats, or a ValueError."""
-  stride, offset = (float(v) for v in grid)
-  if not stride > 0:
-    raise ValueError(f"grid stride must be > 0, got {stride}")
-  return stride, offset
-
-
-def grid_weights(n_in: int, n_out: int, grid):
-  """[n_out, n_in] linear interpolation weights of `upsample` along one axis: output pixel p
-  reads the input coordinate (p - offset) / stride, clamped to [0, n_in - 1]."""
-  stride, offset = grid
-  u = jnp.clip((jnp.arange(n_out, dtype=jnp.float32) - offset) / stride, 0, n_in - 1)
-  lo = jnp.floor(u)
-  frac = u - lo
-  cells = jnp.arange(n_in, dtype=jnp.float32)
-  return (jnp.where(cells == lo[:, None], 1 - frac[:, None], 0.0)
-          + jnp.where(cells == lo[:, None] + 1, frac[:, None], 0.0))
-
-
-def upsample(m, resolution, grid=None):
-  """Bilinear upsampling of maps [..., h, w] to resolution (H, W).
-
-  Args:
-    m: maps [..., h, w].
-    resolution: (H, W).
-    grid: None for half-pixel centres: cell i centred at pixel (i + 0.5) * H / h - 0.5
-      (`jax.image.resize`, like cv2.resize and most CAM libraries). Or (stride, offset) in
-      output pixels: cell i centred at offset + stride * i, where the network's padding and
-      strides put the centre of its receptive field (`jd.models.cam_grid`; Keras ResNet50V2's
-      last feature map sits half a cell up and left of the half-pixel convention). Pixels
-      beyond the first or last centre take the edge value in both cases.
-  """
-  if grid is None:
-    return jax.image.resize(m, m.shape[:-2] + tuple(resolution), method="bilinear")
-  grid = check_grid(grid)
-  rows = grid_weights(m.shape[-2], int(resolution[0]), grid)
-  cols = grid_weights(m.shape[-1], int(resolution[1]), grid)
-  return jnp.einsum("Hh,...hw,Ww->...HW", rows, jnp.asarray(m, jnp.float32), cols,
-                    precision=lax.Precision.HIGHEST)
 
 
 def pair_metrics(a, b, params=DriftParams()):
