@@ -29,6 +29,8 @@ PAIR_METRICS = ("displacement", "peak_displacement", "iou", "iou_auc", "soft_iou
                 "spearman", "ssim", "concentration_change", "entropy_change", "gini_change")
 # Quantities of each map that `drift` also returns, as f"{name}_a" and f"{name}_b".
 MAP_QUANTITIES = ("concentration", "entropy", "gini")
+# Every float output of `drift` (the columns of a drift table that hold numbers or NaN).
+FLOAT_OUTPUTS = PAIR_METRICS + tuple(f"{q}_{m}" for q in MAP_QUANTITIES for m in "ab")
 
 
 def _pair_valid(a, b):
@@ -288,13 +290,16 @@ def chunk_size(params, shape):
   return max(1, min(1024, (1 << 18) // (h * w)))
 
 
-def _drift_batch(maps_a, maps_b, params):
+def drift_batch(maps_a, maps_b, params):
+  """`pair_metrics` of every pair of maps_a, maps_b [B, h, w] under `params` (a
+  `DriftParams`), `chunk_size` pairs at a time; not jitted (`drift` and `drift_stream` jit
+  it)."""
   fn = lambda ab: pair_metrics(ab[0], ab[1], params)
   chunk = min(chunk_size(params, maps_a.shape[1:]), maps_a.shape[0])
   return lax.map(fn, (maps_a, maps_b), batch_size=chunk)
 
 
-_drift_jit = jax.jit(_drift_batch, static_argnums=2)
+_drift_jit = jax.jit(drift_batch, static_argnums=2)
 
 
 def as_map_batch(maps, name="maps"):

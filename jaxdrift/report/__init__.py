@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxdrift.metrics import stats
 from jaxdrift.report import figures, tables
-from jaxdrift.study import results
+from jaxdrift import metrics, results
 
 __all__ = ["build_report", "load_runs", "combined_table"]
 
@@ -65,7 +65,8 @@ def load_runs(workdirs) -> list[dict]:
                                     f"'selection' and 'seed', found {run['config']!r:.80}. "
                                     f"{fix}")
     run["workdir"] = str(workdir)
-    run["table"] = results.read_table(samples, required=results.SAMPLE_COLUMNS, fix=fix)
+    run["table"] = results.read_table(samples, required=results.SAMPLE_COLUMNS, fix=fix,
+                                      numbers=metrics.FLOAT_OUTPUTS)
     examples = workdir / "drift" / "examples.npz"
     run["examples"] = _read_examples(examples, fix) if examples.exists() else {}
     log = workdir / "metrics.jsonl"
@@ -73,7 +74,8 @@ def load_runs(workdirs) -> list[dict]:
         "Its training log is damaged: repair or delete the broken line (the report only "
         "draws training curves from it).")) if log.exists() else []
     epochs = workdir / "drift" / "epochs.csv"
-    run["epoch_table"] = results.read_table(epochs, fix=fix) if epochs.exists() else None
+    run["epoch_table"] = (results.read_table(epochs, fix=fix, numbers=metrics.FLOAT_OUTPUTS)
+                          if epochs.exists() else None)
     runs.append(run)
   return runs
 
