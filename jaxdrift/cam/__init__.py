@@ -20,7 +20,7 @@ from jaxdrift.cam.checks import (CAM_METHODS, GRADFREE_METHODS, INPUT_METHODS, M
                                  target_weights)
 from jaxdrift.cam.cost import cost
 from jaxdrift.cam.core import (CamResult, activations_and_gradients, compute, compute_many,
-                               compute_pair)
+                               compute_pair, program)
 from jaxdrift.cam.input_grads import quadrature
 from jaxdrift.cam.postprocess import normalize
 from jaxdrift.cam.methods import (GRADCAM_PP_VARIANTS, WEIGHTINGS, fuse_layers, gradcam,
