@@ -2,7 +2,7 @@
 
 Walks every jaxdrift/**/*.py with `ast` (imports at module level and inside functions, and
 attribute chains through an imported module such as `cam.core.program`) and checks the
-order of docs/ARCHITECTURE (each layer imports only from the layers below it):
+layer order below (each layer imports only from the layers below it):
 
   _console, distributed, geometry, workdir, results -> models -> data, xla_cache
   -> train, cam -> metrics -> faithfulness -> study -> report -> pipeline -> cli
@@ -134,8 +134,8 @@ def test_the_scan_sees_imports_inside_functions_and_attribute_chains():
 
 def test_every_part_of_the_package_has_a_layer():
   tops = {_top(m) for m in MODULES} - {""}
-  assert tops <= set(LAYERS), (f"place {sorted(tops - set(LAYERS))} in LAYERS (and in the "
-                               "layer order of docs/ARCHITECTURE)")
+  assert tops <= set(LAYERS), (f"place {sorted(tops - set(LAYERS))} in LAYERS and in the "
+                               "order of this module's docstring")
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if _top(m)))
