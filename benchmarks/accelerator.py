@@ -147,7 +147,7 @@ def child(args) -> None:
     workdir = root / arch
     active[0] = arch
     start = time.perf_counter()
-    seconds = pipeline._stages(config, workdir, drift, args.data_dir, progress=False)
+    seconds = pipeline.train_and_drift(config, workdir, drift, args.data_dir, progress=False)
     active[0] = None
     timings = json.loads((workdir / "drift" / "timings.json").read_text())
     n_test = len(results.read_table(workdir / "drift" / "samples.csv")["image"]) // (

@@ -21,6 +21,7 @@ checkpoints are reported and skipped. The last line is JSON.
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -63,7 +64,8 @@ def analyse(workdir, args):
   rows = {m: {k: [] for k in DRIFT_COLUMNS + ("valid", "both", "ft_ok", "ft_hit")}
           for m in METHODS}
   seen, start = 0, time.perf_counter()
-  for batch in jd.data.batches(source, arch=config["model_arch"], batch_size=args.batch,
+  preprocess = functools.partial(jd.models.preprocess, config["model_arch"])
+  for batch in jd.data.batches(source, preprocess=preprocess, batch_size=args.batch,
                                train=False, image_size=size, mesh=mesh):
     keep = np.array(batch["mask"], bool)
     if args.images:

@@ -12,6 +12,7 @@ against one read from a filled memo.
 """
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -21,10 +22,12 @@ import numpy as np
 
 import jaxdrift as jd
 
+PREPROCESS = functools.partial(jd.models.preprocess, "resnet50v2")
+
 
 def pipeline_rate(source, args) -> float:
   """Images/s of the training pipeline (after one warm-up batch)."""
-  it = jd.data.batches(source, arch="resnet50v2", batch_size=args.batch_size, train=True,
+  it = jd.data.batches(source, preprocess=PREPROCESS, batch_size=args.batch_size, train=True,
                        seed=0, image_size=224, num_epochs=1000,
                        worker_count=args.worker_count, num_threads=args.num_threads)
   jax.block_until_ready(next(it)["image"])
@@ -38,7 +41,7 @@ def no_augment_epoch_rates(source, args) -> tuple[float, float]:
   """Images/s of one training epoch without augmentation: uncached, and from a filled Memo."""
   def epoch(memo):
     start, n = time.perf_counter(), 0
-    for batch in jd.data.batches(source, arch="resnet50v2", batch_size=args.batch_size,
+    for batch in jd.data.batches(source, preprocess=PREPROCESS, batch_size=args.batch_size,
                                  train=True, seed=0, image_size=224, augment=False,
                                  memo=memo, num_threads=args.num_threads):
       n += jax.block_until_ready(batch["image"]).shape[0]

@@ -30,6 +30,7 @@ The last line is JSON: {"device", "batch_size", "archs": {arch: {"tl": r, "ft": 
 """
 
 import argparse
+import functools
 import json
 import os
 import types
@@ -114,7 +115,8 @@ def loop_and_step(arch: str, batch_size: int, size: int, steps_per_epoch: int,
   source = phantom_source(steps_per_epoch * batch_size, size)
   images = cache.build(source, image_size=size, mesh=mesh, placement=placement)
   aug = jd.data.Augment() if augment else jd.data.NO_AUGMENT
-  prepare = cache.make_prepare(arch, aug, cache.augment_key(0), mesh)
+  prepare = cache.make_prepare(functools.partial(jd.models.preprocess, arch), aug,
+                               cache.augment_key(0), mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rng = np.random.default_rng(0)
   ready = jd.data.to_device({

@@ -10,7 +10,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("models", "data", "train", "cam", "metrics", "faithfulness", "study", "report")
+_SUBMODULES = ("models", "data", "train", "cam", "metrics", "faithfulness", "study", "report",
+               "geometry", "results", "pipeline")
 
 
 def __getattr__(name):

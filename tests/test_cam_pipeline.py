@@ -270,7 +270,7 @@ def test_second_call_does_not_recompile():
   x = images(2, seed=5)
   jd.cam.compute(model, variables, x, np.array([0, 1]), "gradcam", layer="relu2")
   requests = jd.cam.checks.requests(("gradcam",), {})
-  program = core._program(model, ("relu2",), requests, False, "unroll")
+  program = core.program(model, ("relu2",), requests, False, "unroll")
   before = program._cache_size()
   jd.cam.compute(model, variables, x + 0.5, np.array([1, 1]), "gradcam", layer="relu2")
   assert program._cache_size() == before == 1

@@ -121,7 +121,7 @@ def test_pair_programs_equal_compute_pair_drift_and_localize():
     loc = jd.metrics.localize(ft_maps, lesion, tolerance=2.0, **PLACEMENT)
     for k in ("pointing_game", "energy_inside", "mask_iou"):
       np.testing.assert_allclose(out[method]["localization"][f"ft_{k}"], loc[k], rtol=1e-5)
-  program = jd.cam.core._program(model, ("relu2",), attribution.requests, True, "unroll")
+  program = jd.cam.program(model, ("relu2",), attribution.requests, True, "unroll")
   sizes = (program._cache_size(), pair._cache_size(), step.jitted._cache_size())
   (_, batch), = drift_device.device_batches([{**host, "image": -x}], mesh, 4, clock)
   maps, _ = attribution.pair("relu2", tl, ft, batch)

@@ -1,5 +1,6 @@
 """Training input at device speed: the uint8 cache and the on-device augmentation."""
 
+import functools
 import json
 
 import jax
@@ -38,12 +39,13 @@ def test_cached_batches_are_bitwise_the_streamed_batches_without_augmentation(
   images = cache.build(phantom_train, image_size=36, mesh=mesh, placement=placement)
   assert images.placement == placement and images.images.dtype == np.uint8
   assert images.images.shape == (30, 36, 36, 1)
+  preprocess = functools.partial(jd.models.preprocess, arch)
   for epoch in (0, 1):
-    streamed = _arrays(jd.data.batches(phantom_train, arch=arch, batch_size=8, train=True,
-                                       seed=3, image_size=36, augment=False,
+    streamed = _arrays(jd.data.batches(phantom_train, preprocess=preprocess, batch_size=8,
+                                       train=True, seed=3, image_size=36, augment=False,
                                        start_epoch=epoch, mesh=mesh))
-    cached = _arrays(cache.batches(images, arch=arch, batch_size=8, seed=3, epoch=epoch,
-                                   mesh=mesh))
+    cached = _arrays(cache.batches(images, preprocess=preprocess, batch_size=8, seed=3,
+                                   epoch=epoch, mesh=mesh))
     assert len(cached) == len(streamed) == 3
     for s, c in zip(streamed, cached):
       for k in s:

@@ -20,9 +20,10 @@ from jaxdrift.cam.checks import (CAM_METHODS, GRADFREE_METHODS, INPUT_METHODS, M
                                  target_weights)
 from jaxdrift.cam.cost import cost
 from jaxdrift.cam.core import (CamResult, activations_and_gradients, compute, compute_many,
-                               compute_pair)
+                               compute_pair, program)
 from jaxdrift.cam.input_grads import quadrature
-from jaxdrift.cam.postprocess import normalize, upsample
+from jaxdrift.cam.postprocess import normalize
 from jaxdrift.cam.methods import (GRADCAM_PP_VARIANTS, WEIGHTINGS, fuse_layers, gradcam,
                                   gradcam_pp_eq19, gradcam_pp_official, hirescam, layercam,
                                   tanh_scale, xgradcam)
+from jaxdrift.geometry import upsample

@@ -203,8 +203,13 @@ def _attribute(model, layers, requests, variables, images, weights, dynamic):
 
 
 @functools.lru_cache(maxsize=64)
-def _program(model, layers: tuple, requests: tuple, pair: bool, checkpoint_map: str):
-  """One jitted program; jax.jit then compiles it once per input shape.
+def program(model, layers: tuple, requests: tuple, pair: bool, checkpoint_map: str):
+  """One jitted program; jax.jit then compiles it once per input shape (`jd.cam.program`).
+
+  `layers` and `requests` are the checked tuples that `compute_many` builds; with `pair` the
+  program takes (tl_variables, ft_variables, images, weights, dynamic), else (variables,
+  images, weights, dynamic); `checkpoint_map` ("unroll", "map" or "vmap") maps the
+  checkpoint axis as in `compute_pair`.
 
   It returns (results, all_finite): the images' finiteness is checked in the same launch,
   and the host raises on it afterwards (`checks.check_finite`).
@@ -276,8 +281,8 @@ def _run(model, variables_list, images, targets, methods, layer, mesh, checkpoin
   if jax.device_count() > 1:  # with one device jit takes the arrays where they are
     variables_list = [distributed.place(v, replicated) for v in variables_list]
   pair = len(variables_list) == 2
-  program = _program(model, layers, requests, pair, checkpoint_map)
-  out, finite = program(*variables_list, images, weights, dynamic)
+  compiled = program(model, layers, requests, pair, checkpoint_map)
+  out, finite = compiled(*variables_list, images, weights, dynamic)
   checks.check_finite(finite)
   if padded != batch:
     axis = 1 if pair else 0

@@ -31,7 +31,8 @@ weight 0: k forward passes per image instead of K.
 import jax
 import jax.numpy as jnp
 
-from jaxdrift.cam.postprocess import safe_div, upsample
+from jaxdrift.cam.postprocess import safe_div
+from jaxdrift.geometry import upsample
 
 SCORES = ("logit", "probability")
 NORM_EPS = 1e-8

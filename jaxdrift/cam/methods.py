@@ -41,7 +41,8 @@ map of such a network used eq19 (or a layer inside the network).
 import jax
 import jax.numpy as jnp
 
-from jaxdrift.cam.postprocess import safe_div, upsample
+from jaxdrift.cam.postprocess import safe_div
+from jaxdrift.geometry import upsample
 
 
 def channel_sum(weights, acts):
@@ -149,8 +150,9 @@ def fuse_layers(cams, size, gamma: float = 2.0):
   """Multi-layer LayerCAM: scale each layer's map, resize to `size`, take the element-wise max.
 
   Every map is scaled with `tanh_scale` (so layers with activations of different magnitude
-  become comparable), upsampled bilinearly with half-pixel centres (`postprocess.upsample`) to
-  `size` (the finest layer's resolution), then fused by element-wise maximum.
+  become comparable), upsampled bilinearly with half-pixel centres
+  (`jaxdrift.geometry.upsample`) to `size` (the finest layer's resolution), then fused by
+  element-wise maximum.
 
   Args:
     cams: sequence of non-negative maps [h_l, w_l], one per layer.

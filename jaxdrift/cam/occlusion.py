@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift.cam.gradfree import batched_scores, map_chunks
-from jaxdrift.metrics import structural
+from jaxdrift.geometry import gaussian_matrix
 
 BASELINES = ("zero", "mean", "blur")
 BLUR_TRUNCATE = 4.0
@@ -54,8 +54,8 @@ def n_windows(image_shape, size, stride) -> int:
 def blur(image, sigma: float):
   """Gaussian blur of ONE image [H, W, C] with reflected borders (scipy's convention)."""
   h, w = image.shape[:2]
-  rows = jnp.asarray(structural.gaussian_matrix(h, float(sigma), BLUR_TRUNCATE), jnp.float32)
-  cols = jnp.asarray(structural.gaussian_matrix(w, float(sigma), BLUR_TRUNCATE), jnp.float32)
+  rows = jnp.asarray(gaussian_matrix(h, float(sigma), BLUR_TRUNCATE), jnp.float32)
+  cols = jnp.asarray(gaussian_matrix(w, float(sigma), BLUR_TRUNCATE), jnp.float32)
   return jnp.einsum("Hh,hwc,Ww->HWc", rows, image.astype(jnp.float32), cols,
                     precision=jax.lax.Precision.HIGHEST)
 

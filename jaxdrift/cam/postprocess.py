@@ -1,28 +1,16 @@
-"""Named post-processing steps for raw maps: upsampling and normalisation."""
+"""Named post-processing steps for raw maps: normalisation and a NaN-free division.
+
+Upsampling is the map geometry's (`jaxdrift.geometry.upsample`, public as `jd.cam.upsample`
+and `jd.metrics.upsample`).
+"""
 
 import jax.numpy as jnp
-
-from jaxdrift import metrics
 
 
 def safe_div(num, den):
   """num / den, and 0 where den == 0 (no NaN, and no NaN gradient either)."""
   ok = den != 0
   return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
-
-
-def upsample(maps, size, grid=None):
-  """Bilinear resize of maps [B, h, w] (or [h, w]) to `size` = (H, W), float32.
-
-  By default the cells sit at half-pixel centres (output pixel i reads input coordinate
-  (i + 0.5) * h / H - 0.5) and the border is clamped: `jax.image.resize(method="bilinear")`,
-  the convention of OpenCV's cv2.resize(INTER_LINEAR) that pytorch-grad-cam uses
-  (tf-keras-vis uses scipy.ndimage.zoom order 1, captum nearest, xplique bicubic). With
-  `grid` = (stride, offset) from `jd.models.cam_grid`, cell i sits where the network
-  centred it, pixel offset + stride * i (`jd.metrics.upsample`). Non-negative maps stay
-  non-negative and an all-zero map stays zero.
-  """
-  return metrics.upsample(jnp.asarray(maps, jnp.float32), size, grid)
 
 
 def normalize(maps, mode: str = "max"):

@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, usage_error) -> int:
-  from jaxdrift import study
+  from jaxdrift import pipeline, study
 
   if args.root is not None and os.path.exists(args.root) and not os.path.isdir(args.root):
     raise usage_error(f"--root must be a directory, found a file at {args.root}; pass a "
@@ -45,9 +45,9 @@ def run(args, usage_error) -> int:
     drift = dataclasses.replace(study.DRIFT_PRESETS[args.preset],
                                 faithfulness=args.faithfulness,
                                 faithfulness_steps=args.faithfulness_steps)
-  out = study.run_pipeline(args.preset, archs=args.archs.split(","), root=args.root,
-                           data=args.data, data_dir=args.data_dir, workers=args.workers,
-                           drift=drift, progress=not args.no_progress)
+  out = pipeline.run_pipeline(args.preset, archs=args.archs.split(","), root=args.root,
+                              data=args.data, data_dir=args.data_dir, workers=args.workers,
+                              drift=drift, progress=not args.no_progress)
   if args.no_progress:  # with progress on, run_pipeline has said where the report is
     print(f"report: {out['report']}")
   return 0

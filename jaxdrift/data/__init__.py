@@ -16,7 +16,9 @@ the builder: `source=PATH` and `skip_bad_files=False` for the file-based builder
     jd.data.class_names(train)           # ['lobar_consolidation', ...]
     jd.data.class_counts(train)          # {'lobar_consolidation': 1600, ...}
     jd.data.skip_report(train)           # what the build did not store, by reason
-    for batch in jd.data.batches(train, arch="resnet50v2", batch_size=32, train=True, seed=0):
+    preprocess = functools.partial(jd.models.preprocess, "resnet50v2")
+    for batch in jd.data.batches(train, preprocess=preprocess, image_size=224, batch_size=32,
+                                 train=True, seed=0):
       ...
 
     images = jd.data.generate_phantoms(1000, image_size=128, seed=0)  # plain numpy arrays

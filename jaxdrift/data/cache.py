@@ -1,7 +1,8 @@
 """Training input at device speed: a uint8 image cache, batches gathered by index.
 
     images = cache.build(source, image_size=224, mesh=mesh)          # None: stream instead
-    prepare = cache.make_prepare(arch, Augment(), cache.augment_key(seed), mesh)
+    prepare = cache.make_prepare(functools.partial(jd.models.preprocess, arch), Augment(),
+                                 cache.augment_key(seed), mesh)
     for inputs in cache.epoch_inputs(images, batch_size=32, seed=0, epoch=e, mesh=mesh):
       batch = prepare(inputs, images.device_data, epoch)   # inside the jitted train step
 
@@ -38,7 +39,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdrift.data import augment as augment_lib
 from jaxdrift.data import pipeline
-from jaxdrift.models import registry
 
 PLACEMENTS = ("device", "host", "stream")
 ENV_PLACEMENT = "JAXDRIFT_TRAIN_INPUT"
@@ -186,11 +186,12 @@ def epoch_inputs(images: Images, *, batch_size: int, seed: int, epoch: int,
     yield queue.popleft()
 
 
-def make_prepare(arch: str, aug: pipeline.Augment, key: jax.Array, mesh: jax.sharding.Mesh):
+def make_prepare(preprocess, aug: pipeline.Augment, key: jax.Array, mesh: jax.sharding.Mesh):
   """`prepare(inputs, data, epoch) -> batch`, to call inside a jitted train step.
 
   Args:
-    arch: sets the preprocessing (`jaxdrift.models.preprocess`).
+    preprocess: pixels [..., 3] in 0..255 -> the model's input, for numpy and jax arrays
+      alike (`functools.partial(jaxdrift.models.preprocess, arch)`).
     aug: augmentation ranges (`NO_AUGMENT`: none).
     key: the run's augmentation key (`augment_key(seed)`).
     mesh: the batch's sharding ("data").
@@ -203,7 +204,7 @@ def make_prepare(arch: str, aug: pipeline.Augment, key: jax.Array, mesh: jax.sha
   # values (computed by numpy, as the streaming pipeline computes them) gives bitwise its
   # batches; XLA would turn the division by 127.5 into a multiplication by its reciprocal.
   levels = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
-  table = registry.preprocess(arch, levels)  # float32 [256, 3]
+  table = np.asarray(preprocess(levels), np.float32)  # [256, 3]
 
   def prepare(inputs: dict, data: dict, epoch) -> dict:
     index = inputs["index"]
@@ -218,13 +219,13 @@ def make_prepare(arch: str, aug: pipeline.Augment, key: jax.Array, mesh: jax.sha
       pixels = jnp.asarray(table)[levels, jnp.arange(3)]
     else:
       augmented = augment_lib.augment_batch(key, epoch, index, images, aug)
-      pixels = registry.preprocess(arch, jnp.broadcast_to(augmented, rgb))
+      pixels = preprocess(jnp.broadcast_to(augmented, rgb))
     return {"image": pixels, "label": labels, "mask": jnp.ones(labels.shape, bool)}
 
   return prepare
 
 
-def batches(images: Images, *, arch: str, batch_size: int, seed: int, epoch: int,
+def batches(images: Images, *, preprocess, batch_size: int, seed: int, epoch: int,
             mesh: jax.sharding.Mesh, augment: pipeline.Augment = pipeline.NO_AUGMENT,
             max_steps: int = 0):
   """Yields the model-ready training batches of (0-based) `epoch` from the cache.
@@ -233,7 +234,7 @@ def batches(images: Images, *, arch: str, batch_size: int, seed: int, epoch: int
   yields them (bitwise equal without augmentation). The train loop does not use this: it
   runs `make_prepare` inside its jitted step.
   """
-  prepare = jax.jit(make_prepare(arch, augment, augment_key(seed), mesh))
+  prepare = jax.jit(make_prepare(preprocess, augment, augment_key(seed), mesh))
   for inputs in epoch_inputs(images, batch_size=batch_size, seed=seed, epoch=epoch,
                              mesh=mesh, max_steps=max_steps):
     yield {**prepare(inputs, images.device_data, epoch), "index": inputs["index"]}

@@ -1,8 +1,9 @@
 """Input pipeline: a TFDS data source -> grain -> preprocessed, fixed-shape, sharded batches.
 
     source = jaxdrift.data.load("phantoms", "train", data_dir=...)
-    for batch in jaxdrift.data.batches(source, arch="resnet50v2", batch_size=64, train=True,
-                                       seed=0, num_epochs=1):
+    preprocess = functools.partial(jaxdrift.models.preprocess, "resnet50v2")
+    for batch in jaxdrift.data.batches(source, preprocess=preprocess, image_size=224,
+                                       batch_size=64, train=True, seed=0, num_epochs=1):
       ...  # batch["image"]: float32 [64, 224, 224, 3], sharded along the mesh's "data" axis
 
 Per example (numpy, in grain threads or worker processes):
@@ -11,10 +12,11 @@ Per example (numpy, in grain threads or worker processes):
   2. training only: a random affine warp (rotation, shift, zoom; black fill) and random
      brightness/contrast (`Augment`); no horizontal flip by default, because a flip moves
      the heart to the wrong side,
-  3. grayscale -> 3 channels, then `jaxdrift.models.preprocess(arch, ...)`.
+  3. grayscale -> 3 channels, then the caller's `preprocess` (float32 pixels in 0..255 ->
+     the model's input range, e.g. `functools.partial(jaxdrift.models.preprocess, arch)`).
 
 Batches are dicts (global batch dimension B first):
-  image       float32 [B, S, S, 3], preprocessed for `arch`
+  image       float32 [B, S, S, 3], preprocessed by `preprocess`
   label       int32 [B]
   mask        bool [B]; False marks padding (evaluation only pads)
   index       int32 [B]; the record's position in the source, -1 for padding
@@ -30,6 +32,7 @@ device) sharded along "data"; with several hosts each process loads its own rows
 
 import collections
 import dataclasses
+import functools
 import math
 
 import grain
@@ -38,7 +41,6 @@ import numpy as np
 from PIL import Image
 
 from jaxdrift import distributed
-from jaxdrift.models import registry
 
 _PAD = -1
 
@@ -105,8 +107,8 @@ def _affine(rng: np.random.Generator, size: int, aug: Augment):
 class _Transform:
   """Decoded example -> model-ready example (picklable, for grain worker processes)."""
 
-  def __init__(self, arch, size, augment, has_mask, id_key):
-    self.arch, self.size, self.augment = arch, size, augment
+  def __init__(self, preprocess, size, augment, has_mask, id_key):
+    self.preprocess, self.size, self.augment = preprocess, size, augment
     self.has_mask, self.id_key = has_mask, id_key
 
   def __call__(self, example, rng: np.random.Generator):
@@ -132,7 +134,7 @@ class _Transform:
       pixels = np.clip((pixels - mean) * factor + mean + offset, 0.0, 255.0)
     if pixels.ndim == 2:
       pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    out = {"image": registry.preprocess(self.arch, pixels),
+    out = {"image": np.asarray(self.preprocess(pixels), np.float32),
            "label": np.int32(example["label"]), "mask": np.bool_(True),
            "index": np.int32(example["_index"]), "id": _text(example.get(self.id_key, ""))}
     if mask is not None:
@@ -173,24 +175,43 @@ class _Indexed:
     return example
 
 
+def _identity(fn):
+  """A key equal for equal preprocessing: partials compare by function and arguments."""
+  if isinstance(fn, functools.partial):
+    return (_identity(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+  return fn
+
+
+def describe(fn) -> str:
+  """A readable name of a preprocessing function, e.g. "preprocess('resnet50v2', ...)"."""
+  if isinstance(fn, functools.partial):
+    args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in fn.keywords.items()]
+    return f"{describe(fn.func)}({', '.join(args + ['...'])})"
+  return getattr(fn, "__qualname__", repr(fn))
+
+
 class Memo:
   """Model-ready examples of one source, kept after their first pass through `batches`.
 
-  Hand the same Memo to every `batches` call over one source, arch and image size (each
-  epoch, each evaluation) and every record is read, decoded, resized and preprocessed once:
+  Hand the same Memo to every `batches` call over one source, preprocessing and image size
+  (each epoch, each evaluation) and every record is read, decoded, resized and preprocessed once:
   a pass without augmentation yields the same values every time. Passes that augment draw
   a new warp each time and do not use it. It holds float32 images in memory (2000 phantoms
   at 224 px: 1.2 GB), and with grain worker processes each worker would fill a copy.
   """
 
   def __init__(self):
-    self.examples, self.key = {}, None
+    self.examples, self.key, self.name = {}, None, None
 
-  def check(self, key):
+  def check(self, preprocess, size: int):
+    """Binds the memo to one preprocessing and size, or raises if it holds another's."""
+    key = (_identity(preprocess), size)
+    name = f"{describe(preprocess)} at {size} px"
     if self.key is None:
-      self.key = key
+      self.key, self.name = key, name
     elif self.key != key:
-      raise ValueError(f"this Memo holds examples prepared for {self.key}, not {key}")
+      raise ValueError(f"this Memo holds examples prepared by {self.name}, not by {name}; "
+                       "use one Memo per source, preprocessing and image size")
 
 
 class _Prepared(_Indexed):
@@ -248,8 +269,8 @@ def steps_per_epoch(num_examples: int, batch_size: int, train: bool) -> int:
   return num_examples // batch_size if train else math.ceil(num_examples / batch_size)
 
 
-def host_batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
-                 image_size: int | None = None, augment: Augment | bool | None = None,
+def host_batches(source, *, preprocess, image_size: int, batch_size: int, train: bool,
+                 seed: int = 0, augment: Augment | bool | None = None,
                  num_epochs: int = 1, start_epoch: int = 0, worker_count: int = 0,
                  num_threads: int = 8, memo: Memo | None = None,
                  process_index: int | None = None, process_count: int | None = None):
@@ -258,10 +279,12 @@ def host_batches(source, *, arch: str, batch_size: int, train: bool, seed: int =
   Same arguments as `batches`; `batch_size` is global, each process gets
   batch_size / process_count rows per step.
   """
-  size = image_size or registry.default_input_size(arch)
-  if size < registry.spec(arch).min_size:
-    raise ValueError(f"image_size {size} is below the minimum {registry.spec(arch).min_size} "
-                     f"of {arch}")
+  if not callable(preprocess):
+    raise TypeError(f"preprocess must be a function of float32 pixels [..., 3] in 0..255, got "
+                    f"{preprocess!r}; pass e.g. functools.partial(jd.models.preprocess, arch)")
+  size = int(image_size)
+  if size < 1:
+    raise ValueError(f"image_size must be a positive number of pixels, got {image_size!r}")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if batch_size % process_count:
@@ -274,9 +297,9 @@ def host_batches(source, *, arch: str, batch_size: int, train: bool, seed: int =
     augment = NO_AUGMENT
   features = source.dataset_info.features
   id_key = "file_name" if "file_name" in features else "id"
-  transform = _Transform(arch, size, augment, "lesion_mask" in features, id_key)
+  transform = _Transform(preprocess, size, augment, "lesion_mask" in features, id_key)
   if memo is not None and augment == NO_AUGMENT:
-    memo.check((arch, size))
+    memo.check(preprocess, size)
   else:
     memo = None
 
@@ -319,8 +342,8 @@ def to_device(batch: dict, mesh: jax.sharding.Mesh) -> dict:
           for k, v in batch.items()}
 
 
-def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
-            image_size: int | None = None, augment: Augment | bool | None = None,
+def batches(source, *, preprocess, image_size: int, batch_size: int, train: bool,
+            seed: int = 0, augment: Augment | bool | None = None,
             num_epochs: int = 1, start_epoch: int = 0, mesh: jax.sharding.Mesh | None = None,
             worker_count: int = 0, num_threads: int = 8, prefetch: int = 2,
             memo: Memo | None = None):
@@ -329,12 +352,14 @@ def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
   Args:
     source: a random-access TFDS source (`jaxdrift.data.load` / `tfds.data_source`) with
       "image" and "label" (and optionally "lesion_mask", "file_name").
-    arch: architecture name; sets the preprocessing and the default image size.
+    preprocess: float32 pixels [..., H, W, 3] in 0..255 -> the model's input, float32 of
+      the same shape (`functools.partial(jaxdrift.models.preprocess, arch)`); a picklable
+      function when worker_count > 0.
+    image_size: square input size in pixels (`jaxdrift.models.default_input_size(arch)`).
     batch_size: GLOBAL batch size; must be divisible by the number of devices in `mesh`.
     train: True shuffles, augments and drops the ragged batch; False keeps order, does not
       augment, and pads the last batch (see "mask").
     seed: shuffling and augmentation seed (epoch e uses a stream derived from seed and e).
-    image_size: square input size; default `jaxdrift.models.default_input_size(arch)`.
     augment: `Augment`, True/None (default `Augment()` when training) or False.
     num_epochs: training epochs to yield (evaluation always yields one pass).
     start_epoch: first epoch (resume training with the same order as an unbroken run).
@@ -343,7 +368,7 @@ def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
       parsed first (`absl.flags.FLAGS(sys.argv)` or `absl.app.run`).
     num_threads: grain reader threads per process.
     prefetch: batches transferred to the devices ahead of use.
-    memo: a `Memo` of this source, arch and size, shared by the passes over it: a pass
+    memo: a `Memo` of this source, preprocessing and size, shared by the passes over it: a pass
       without augmentation prepares each record once across them (None: every pass reads
       and preprocesses every record).
 
@@ -354,8 +379,8 @@ def batches(source, *, arch: str, batch_size: int, train: bool, seed: int = 0,
   if batch_size % mesh.shape["data"]:
     raise ValueError(f"batch_size {batch_size} must be divisible by the {mesh.shape['data']} "
                      "devices along the mesh's 'data' axis")
-  it = host_batches(source, arch=arch, batch_size=batch_size, train=train, seed=seed,
-                    image_size=image_size, augment=augment, num_epochs=num_epochs,
+  it = host_batches(source, preprocess=preprocess, image_size=image_size,
+                    batch_size=batch_size, train=train, seed=seed, augment=augment, num_epochs=num_epochs,
                     start_epoch=start_epoch, worker_count=worker_count,
                     num_threads=num_threads, memo=memo)
   queue = collections.deque()

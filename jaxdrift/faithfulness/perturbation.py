@@ -1,6 +1,6 @@
 """Deletion and insertion curves (Petsiuk et al. 2018, the RISE paper) of attribution maps.
 
-Each map is upsampled to the image size (`jd.metrics.upsample`, the same `grid` argument as
+Each map is upsampled to the image size (`jaxdrift.geometry.upsample`, the same `grid` argument as
 the drift metrics) and ranks the pixels: value descending, ties by flat row-major index
 ascending. At step i = 0..steps the first n_i = round(i * H * W / steps) ranked pixels
 (halves rounded up) are
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdrift import geometry
 from jaxdrift.faithfulness import runner
-from jaxdrift.metrics import structural
 
 BASELINES = ("blur", "mean", "zero")
 BLUR_TRUNCATE = 4.0
@@ -38,10 +38,10 @@ TIE_RULE = "value descending, then flat row-major index ascending"
 def blur(images, sigma, truncate=BLUR_TRUNCATE):
   """Gaussian blur of images [B, H, W, C] per channel, reflected borders, float32."""
   x = jnp.moveaxis(images.astype(jnp.float32), -1, 1)
-  return jnp.moveaxis(structural.gaussian_filter(x, sigma, truncate), 1, -1)
+  return jnp.moveaxis(geometry.gaussian_filter(x, sigma, truncate), 1, -1)
 
 
-def _prepare(images, extra, *, baseline, blur_sigma, mode):
+def prepare_inputs(images, extra, *, baseline, blur_sigma, mode):
   del mode
   if baseline == "blur":
     return blur(images, blur_sigma)
@@ -52,7 +52,7 @@ def _prepare(images, extra, *, baseline, blur_sigma, mode):
   return extra.astype(images.dtype)
 
 
-def _perturb(image, base, rank, count, step, *, baseline, blur_sigma, mode):
+def perturb_one(image, base, rank, count, step, *, baseline, blur_sigma, mode):
   """One perturbed image [H, W, C]: the first `count` ranked pixels from `base` (deletion)
   or from `image` on `base` (insertion)."""
   del step, baseline, blur_sigma
@@ -95,8 +95,8 @@ def _curve(mode, logits_fn, images, maps, targets, steps, baseline, score, grid,
   n = images.shape[1] * images.shape[2]
   counts = runner.round_counts((np.arange(steps + 1), steps), n)
   options = (("baseline", kind), ("blur_sigma", float(blur_sigma)), ("mode", mode))
-  curve = runner.evaluate(logits_fn, images, maps, targets, counts, perturb=_perturb,
-                          prepare=_prepare, options=options, extra=extra, score=score,
+  curve = runner.evaluate(logits_fn, images, maps, targets, counts, perturb=perturb_one,
+                          prepare=prepare_inputs, options=options, extra=extra, score=score,
                           grid=grid, chunk=chunk, mesh=mesh)
   settings = {"method": mode, "steps": int(steps), "score": score,
               "baseline": kind if kind != "blur" else f"blur(sigma={float(blur_sigma)}px, "

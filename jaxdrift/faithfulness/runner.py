@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdrift import distributed, metrics
+from jaxdrift import distributed, geometry
 
 SCORES = ("probability", "logit")
 # Perturbed images per device and forward pass that the automatic chunk aims at.
@@ -101,7 +101,7 @@ def plan_chunks(steps: int, per_device: int, chunk):
 
 
 @functools.lru_cache(maxsize=64)
-def _program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks, sharding):
+def program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks, sharding):
   """jit of the whole evaluation; jax.jit compiles it once per input shape."""
   perturb = functools.partial(perturb, **dict(options))
   prepare = functools.partial(prepare, **dict(options))
@@ -109,7 +109,7 @@ def _program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks,
   def run(dynamic_fn, images, maps, targets, counts, extra):
     fn = join_fn(static_fn, dynamic_fn)
     batch, height, width, _ = images.shape
-    big = metrics.upsample(maps.astype(jnp.float32), (height, width), grid)
+    big = geometry.upsample(maps.astype(jnp.float32), (height, width), grid)
     ranks = jax.vmap(rank_positions)(big)
     context = prepare(images, extra)  # per-image inputs of `perturb`, e.g. the baseline
     steps = jnp.arange(n_chunks * chunk, dtype=jnp.int32)
@@ -197,7 +197,7 @@ def evaluate(logits_fn, images, maps, targets, counts, *, perturb, prepare, opti
   static_fn, dynamic_fn = split_fn(logits_fn)
   if jax.device_count() > 1:
     dynamic_fn = distributed.place(dynamic_fn, distributed.replicated(mesh))
-  program = _program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks,
+  program = program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks,
                      shard if n_dev > 1 else None)
   curve, ok = program(dynamic_fn, images, maps, targets, jnp.asarray(counts), extra)
   bad = [k for k, v in ok.items() if not bool(v)]

@@ -5,11 +5,12 @@ vmappable, and return NaN for invalid maps. `drift` computes all of them for a b
 jitted call; `drift_stream` does so over a whole test set, sharded over every device.
 """
 
-from jaxdrift.metrics.drift import (AUC_QS, MAP_QUANTITIES, PAIR_METRICS, DriftParams,
-                                    concentration_change, displacement, drift, entropy_change,
-                                    gini_change, iou, iou_auc, make_params, pair_metrics,
-                                    pearson, peak_displacement, soft_iou, spearman, ssim,
-                                    upsample)
+from jaxdrift.geometry import check_grid, grid_weights, upsample
+from jaxdrift.metrics.drift import (AUC_QS, FLOAT_OUTPUTS, MAP_QUANTITIES, PAIR_METRICS,
+                                    DriftParams, concentration_change, displacement, drift,
+                                    entropy_change, gini_change, iou, iou_auc, make_params,
+                                    pair_metrics, pearson, peak_displacement, soft_iou, spearman,
+                                    ssim)
 from jaxdrift.metrics.localization import (energy_inside, localize, mask_iou, pointing_chance,
                                           pointing_game)
 from jaxdrift.metrics.maps import (centroid, concentration, entropy, gini, is_valid, peak,

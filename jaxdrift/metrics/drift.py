@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdrift.geometry import check_grid, upsample
 from jaxdrift.metrics import maps as maps_lib
 from jaxdrift.metrics import order
 from jaxdrift.metrics import structural as ssim_lib
@@ -28,6 +29,8 @@ PAIR_METRICS = ("displacement", "peak_displacement", "iou", "iou_auc", "soft_iou
                 "spearman", "ssim", "concentration_change", "entropy_change", "gini_change")
 # Quantities of each map that `drift` also returns, as f"{name}_a" and f"{name}_b".
 MAP_QUANTITIES = ("concentration", "entropy", "gini")
+# Every float output of `drift` (the columns of a drift table that hold numbers or NaN).
+FLOAT_OUTPUTS = PAIR_METRICS + tuple(f"{q}_{m}" for q in MAP_QUANTITIES for m in "ab")
 
 
 def _pair_valid(a, b):
@@ -233,48 +236,6 @@ def make_params(resolution=None, **params):
   return DriftParams(resolution=resolution, **params)
 
 
-def check_grid(grid):
-  """(stride, offset) as two floats, or a ValueError."""
-  stride, offset = (float(v) for v in grid)
-  if not stride > 0:
-    raise ValueError(f"grid stride must be > 0, got {stride}")
-  return stride, offset
-
-
-def grid_weights(n_in: int, n_out: int, grid):
-  """[n_out, n_in] linear interpolation weights of `upsample` along one axis: output pixel p
-  reads the input coordinate (p - offset) / stride, clamped to [0, n_in - 1]."""
-  stride, offset = grid
-  u = jnp.clip((jnp.arange(n_out, dtype=jnp.float32) - offset) / stride, 0, n_in - 1)
-  lo = jnp.floor(u)
-  frac = u - lo
-  cells = jnp.arange(n_in, dtype=jnp.float32)
-  return (jnp.where(cells == lo[:, None], 1 - frac[:, None], 0.0)
-          + jnp.where(cells == lo[:, None] + 1, frac[:, None], 0.0))
-
-
-def upsample(m, resolution, grid=None):
-  """Bilinear upsampling of maps [..., h, w] to resolution (H, W).
-
-  Args:
-    m: maps [..., h, w].
-    resolution: (H, W).
-    grid: None for half-pixel centres: cell i centred at pixel (i + 0.5) * H / h - 0.5
-      (`jax.image.resize`, like cv2.resize and most CAM libraries). Or (stride, offset) in
-      output pixels: cell i centred at offset + stride * i, where the network's padding and
-      strides put the centre of its receptive field (`jd.models.cam_grid`; Keras ResNet50V2's
-      last feature map sits half a cell up and left of the half-pixel convention). Pixels
-      beyond the first or last centre take the edge value in both cases.
-  """
-  if grid is None:
-    return jax.image.resize(m, m.shape[:-2] + tuple(resolution), method="bilinear")
-  grid = check_grid(grid)
-  rows = grid_weights(m.shape[-2], int(resolution[0]), grid)
-  cols = grid_weights(m.shape[-1], int(resolution[1]), grid)
-  return jnp.einsum("Hh,...hw,Ww->...HW", rows, jnp.asarray(m, jnp.float32), cols,
-                    precision=lax.Precision.HIGHEST)
-
-
 def pair_metrics(a, b, params=DriftParams()):
   """All drift metrics of one pair of maps a, b [h, w] (sharing one sort per map).
 
@@ -329,13 +290,16 @@ def chunk_size(params, shape):
   return max(1, min(1024, (1 << 18) // (h * w)))
 
 
-def _drift_batch(maps_a, maps_b, params):
+def drift_batch(maps_a, maps_b, params):
+  """`pair_metrics` of every pair of maps_a, maps_b [B, h, w] under `params` (a
+  `DriftParams`), `chunk_size` pairs at a time; not jitted (`drift` and `drift_stream` jit
+  it)."""
   fn = lambda ab: pair_metrics(ab[0], ab[1], params)
   chunk = min(chunk_size(params, maps_a.shape[1:]), maps_a.shape[0])
   return lax.map(fn, (maps_a, maps_b), batch_size=chunk)
 
 
-_drift_jit = jax.jit(_drift_batch, static_argnums=2)
+_drift_jit = jax.jit(drift_batch, static_argnums=2)
 
 
 def as_map_batch(maps, name="maps"):

@@ -9,8 +9,8 @@ cast to True.
 import jax
 import jax.numpy as jnp
 
+from jaxdrift.geometry import cell_centres, check_grid, upsample
 from jaxdrift.metrics import maps as maps_lib
-from jaxdrift.metrics.drift import check_grid, upsample
 
 
 def _check(m, mask):
@@ -26,20 +26,14 @@ def _defined(m, mask):
   return maps_lib.is_valid(m) & jnp.any(mask)
 
 
-def _cell_centres(n: int, big: int, grid):
-  """int [n]: the mask pixel of each cell's centre, rounded and clipped to the mask."""
-  stride, offset = (big / n, (big / n - 1) / 2) if grid is None else check_grid(grid)
-  centres = offset + stride * jnp.arange(n)  # half-pixel: (i + 0.5) * big / n - 0.5
-  return jnp.clip(jnp.round(centres), 0, big - 1).astype(jnp.int32)
-
-
 def _cell_hits(shape, mask, tolerance: float, grid=None):
   """bool [h, w]: for a map of `shape` (h, w), whether each cell's centre in mask pixels
-  (`_cell_centres`) lies within `tolerance` (Euclidean, in pixels) of a mask pixel."""
+  (`jaxdrift.geometry.cell_centres`) lies within `tolerance` (Euclidean, in pixels) of a
+  mask pixel."""
   if len(shape) != 2 or mask.ndim != 2 or shape[0] > mask.shape[0] or shape[1] > mask.shape[1]:
     raise ValueError(f"expected a map [h, w] and a mask [H, W] with h <= H and w <= W, got "
                      f"{tuple(shape)} and {mask.shape}")
-  rows, cols = (_cell_centres(n, big, grid) for n, big in zip(shape, mask.shape))
+  rows, cols = (cell_centres(n, big, grid) for n, big in zip(shape, mask.shape))
   if tolerance == 0:
     return mask[rows[:, None], cols[None, :]]
   # Exact Euclidean test in two separable passes (memory h*H*W + h*w*W, not a dilation of

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift.metrics.drift import drift
-from jaxdrift.metrics.stats import _rng, describe
+from jaxdrift.metrics.stats import describe, group_rng
 from jaxdrift.metrics.streaming import drift_stream
 
 
@@ -124,7 +124,7 @@ def null_report(real, nulls, metrics=None, n_boot=1000, ci=0.95, seed=0):
     for name, out in sources:
       values = np.asarray(out[metric], np.float64)
       valid = np.asarray(out["valid"], bool)
-      stats = describe(values[valid], n_boot, ci, _rng(seed, (name, metric)))
+      stats = describe(values[valid], n_boot, ci, group_rng(seed, (name, metric)))
       rows.append(dict(metric=metric, source=name, n_pairs=int(values.size),
                        n_invalid=int((~valid).sum()), **stats))
   return rows

@@ -241,17 +241,17 @@ def _xla_pair_stats(a, b, ks, kc):
   n = a.shape[0]
   (va, ra), (vb, rb) = _xla_sort_and_rank(a), _xla_sort_and_rank(b)
   values = jnp.stack([va, vb])
-  total = _fsum(values)
+  total = blocked_sum(values)
   thresholds = values[:, n - jnp.asarray(ks)]
-  concentration = _fsum(values[:, n - kc:]) / total
+  concentration = blocked_sum(values[:, n - kc:]) / total
   weights = (2.0 * jnp.arange(1, n + 1, dtype=jnp.float32) - n - 1) / n
-  gini = _fsum(weights * values) / total
+  gini = blocked_sum(weights * values) / total
   ca, cb = (ra - (n + 1) / 2.0) / n, (rb - (n + 1) / 2.0) / n
-  spearman = _fsum(ca * cb) / jnp.sqrt(_fsum(ca * ca) * _fsum(cb * cb))
+  spearman = blocked_sum(ca * cb) / jnp.sqrt(blocked_sum(ca * ca) * blocked_sum(cb * cb))
   return thresholds, concentration, gini, spearman
 
 
-def _fsum(x):
+def blocked_sum(x):
   """Sum over the last axis in float32 with a two-level (blocked) reduction.
 
   A single long float32 reduction loses about eps * N / lanes of relative precision; summing

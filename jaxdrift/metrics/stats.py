@@ -84,7 +84,7 @@ def metric_names(table):
   return [k for k, v in table.items() if k not in _META and v.dtype.kind == "f"]
 
 
-def _rng(seed, key):
+def group_rng(seed, key):
   """A generator seeded by (seed, a stable hash of the group key)."""
   return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
 
@@ -125,7 +125,9 @@ def describe(values, n_boot=1000, ci=0.95, rng=None):
   return row
 
 
-def _selected(table, selection):
+def selected_mask(table, selection):
+  """bool [N]: the rows of `table` in `selection` ("all", or a `select` rule on its label
+  and predictions)."""
   if selection == "all":
     return np.ones(table["valid"].shape, bool)
   missing = [k for k in ("label", "tl_pred", "ft_pred") if k not in table]
@@ -143,7 +145,7 @@ def summarize(table, metrics=None, selection="both", n_boot=1000, ci=0.95, seed=
   statistics average (at most n_valid: a metric can be undefined for a valid pair, e.g. the
   correlation of a constant map). Returns a list of row dicts, each with "selection"."""
   metrics = metric_names(table) if metrics is None else list(metrics)
-  keep = _selected(table, selection)
+  keep = selected_mask(table, selection)
   labels = table["label"] if "label" in table else np.full(keep.shape, "all", object)
   valid = (np.asarray(table["valid"], bool) if "valid" in table
            else np.asarray(table["valid_a"], bool) & np.asarray(table["valid_b"], bool))
@@ -161,7 +163,7 @@ def summarize(table, metrics=None, selection="both", n_boot=1000, ci=0.95, seed=
                   n_valid=int(valid[rows_mask].sum()))
       for metric in metrics:
         key = (arch, method, str(cls), metric)
-        stats = describe(table[metric][rows_mask], n_boot, ci, _rng(seed, key))
+        stats = describe(table[metric][rows_mask], n_boot, ci, group_rng(seed, key))
         rows.append(dict(base, metric=metric, **stats))
   return rows
 
@@ -176,7 +178,7 @@ def _paired(table, keep, arch, metric, m1, m2):
   return np.array([v1[i] for i in images]), np.array([v2[i] for i in images])
 
 
-def _safe_test(fn, *samples):
+def safe_test(fn, *samples):
   """(statistic, pvalue) of a scipy test; NaN (not a crash) when the data are degenerate."""
   try:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -192,13 +194,13 @@ def compare_methods(table, metrics=None, selection="both"):
   paired by image (images selected and finite under both). Rows name the test."""
   import scipy.stats  # slow to import (~0.5 s): only the tests need it
   metrics = metric_names(table) if metrics is None else list(metrics)
-  keep = _selected(table, selection)
+  keep = selected_mask(table, selection)
   rows = []
   for arch in sorted(set(table["arch"][keep])):
     methods = sorted(set(table["method"][keep & (table["arch"] == arch)]))
     for (m1, m2), metric in itertools.product(itertools.combinations(methods, 2), metrics):
       x, y = _paired(table, keep, arch, metric, m1, m2)
-      stat, p = _safe_test(scipy.stats.wilcoxon, x, y) if x.size else (np.nan, np.nan)
+      stat, p = safe_test(scipy.stats.wilcoxon, x, y) if x.size else (np.nan, np.nan)
       rows.append(dict(test="wilcoxon signed-rank (paired by image, two-sided)", arch=arch,
                        metric=metric, method_1=m1, method_2=m2, n=int(x.size),
                        median_difference=float(np.median(x - y)) if x.size else np.nan,
@@ -211,7 +213,7 @@ def compare_architectures(table, metrics=None, selection="both"):
   selected samples; architectures are independent samples). Rows name the test."""
   import scipy.stats  # slow to import (~0.5 s): only the tests need it
   metrics = metric_names(table) if metrics is None else list(metrics)
-  keep = _selected(table, selection)
+  keep = selected_mask(table, selection)
   rows = []
   for method, metric in itertools.product(sorted(set(table["method"][keep])), metrics):
     archs = sorted(set(table["arch"][keep & (table["method"] == method)]))
@@ -220,7 +222,7 @@ def compare_architectures(table, metrics=None, selection="both"):
       values = table[metric][keep & (table["method"] == method) & (table["arch"] == arch)]
       groups.append(values[np.isfinite(values)])
     usable = len(groups) >= 2 and all(g.size for g in groups)
-    stat, p = _safe_test(scipy.stats.kruskal, *groups) if usable else (np.nan, np.nan)
+    stat, p = safe_test(scipy.stats.kruskal, *groups) if usable else (np.nan, np.nan)
     rows.append(dict(test="kruskal-wallis H", method=method, metric=metric, archs=archs,
                      n=[int(g.size) for g in groups], statistic=stat, pvalue=p,
                      selection=selection))

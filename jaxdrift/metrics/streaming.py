@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxdrift import distributed
-from jaxdrift.metrics.drift import _drift_batch, as_map_batch, make_params
+from jaxdrift.metrics.drift import as_map_batch, drift_batch, make_params
 
 DATA_AXIS = distributed.DATA_AXIS
 
@@ -25,7 +25,7 @@ data_mesh = distributed.data_mesh
 
 def _masked_metrics(maps_a, maps_b, mask, params):
   """Per-sample metrics of a local batch [b, h, w]; padded entries are NaN / invalid."""
-  out = _drift_batch(maps_a, maps_b, params)
+  out = drift_batch(maps_a, maps_b, params)
   return {k: (v & mask) if v.dtype == jnp.bool_ else jnp.where(mask, v, jnp.nan)
           for k, v in out.items()}
 

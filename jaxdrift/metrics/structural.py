@@ -15,65 +15,10 @@ resolution are 7x7 or 8x8, smaller than the 11x11 window. The numpy reference is
 `scipy.ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=truncate)` per field.
 """
 
-import functools
-
 import jax.numpy as jnp
-import numpy as np
 
+from jaxdrift.geometry import gaussian_filter
 from jaxdrift.metrics import maps as maps_lib
-
-# Filter along an axis with a dense (n x n) matrix up to this length, above it with shifted
-# sums over the 2r + 1 taps (a dense GEMM wastes n / (2r + 1) of its work at large n).
-_DENSE_MAX = 64
-
-
-def gaussian_taps(sigma, truncate):
-  """The normalised 1-D Gaussian taps [2r + 1] of scipy.ndimage.gaussian_filter1d."""
-  radius = int(truncate * float(sigma) + 0.5)
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  w = np.exp(-0.5 * (x / float(sigma)) ** 2)
-  return w / w.sum()
-
-
-@functools.lru_cache(maxsize=32)
-def gaussian_matrix(n, sigma, truncate):
-  """The (n, n) float64 matrix G with (G @ x) = gaussian_filter1d(x, mode="reflect")."""
-  taps = gaussian_taps(sigma, truncate)
-  radius = (taps.size - 1) // 2
-  g = np.zeros((n, n))
-  rows = np.arange(n)
-  for offset, weight in zip(range(-radius, radius + 1), taps):
-    # Reflection with period 2n: index j and 2n - 1 - j read the same pixel.
-    j = np.mod(rows + offset, 2 * n)
-    j = np.where(j >= n, 2 * n - 1 - j, j)
-    np.add.at(g, (rows, j), weight)
-  return g
-
-
-def _filter_axis(x, axis, sigma, truncate):
-  """Gaussian-filters x [..., H, W] along axis -2 or -1 with reflected borders."""
-  n = x.shape[axis]
-  taps = gaussian_taps(sigma, truncate)
-  radius = (taps.size - 1) // 2
-  if n <= _DENSE_MAX or radius >= n:
-    g = jnp.asarray(gaussian_matrix(n, float(sigma), float(truncate)), jnp.float32)
-    if axis == -2:
-      return jnp.einsum("ij,...jw->...iw", g, x)
-    return jnp.einsum("...hj,ij->...hi", x, g)
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (radius, radius)
-  padded = jnp.pad(x, pad, mode="symmetric")
-  out = 0.0
-  for t, weight in enumerate(taps.astype(np.float32)):
-    window = padded[..., t:t + n, :] if axis == -2 else padded[..., t:t + n]
-    out = out + weight * window
-  return out
-
-
-def gaussian_filter(x, sigma=1.5, truncate=3.5):
-  """2-D Gaussian filter of x [..., H, W] (scipy.ndimage mode "reflect"), float32."""
-  x = _filter_axis(x, -2, sigma, truncate)
-  return _filter_axis(x, -1, sigma, truncate)
 
 
 def ssim(a, b, sigma=1.5, truncate=3.5, k1=0.01, k2=0.03):

@@ -17,8 +17,9 @@ import zipfile
 import numpy as np
 
 from jaxdrift.metrics import stats
+from jaxdrift import metrics, results
 from jaxdrift.report import faithfulness, figures, tables
-from jaxdrift.study import faithfulness_stage, results
+from jaxdrift.study import faithfulness_stage
 
 __all__ = ["build_report", "load_runs", "combined_table"]
 
@@ -68,7 +69,8 @@ def load_runs(workdirs) -> list[dict]:
                                     f"'selection' and 'seed', found {run['config']!r:.80}. "
                                     f"{fix}")
     run["workdir"] = str(workdir)
-    run["table"] = results.read_table(samples, required=results.SAMPLE_COLUMNS, fix=fix)
+    run["table"] = results.read_table(samples, required=results.SAMPLE_COLUMNS, fix=fix,
+                                      numbers=metrics.FLOAT_OUTPUTS)
     examples = workdir / "drift" / "examples.npz"
     run["examples"] = _read_examples(examples, fix) if examples.exists() else {}
     log = workdir / "metrics.jsonl"
@@ -76,7 +78,8 @@ def load_runs(workdirs) -> list[dict]:
         "Its training log is damaged: repair or delete the broken line (the report only "
         "draws training curves from it).")) if log.exists() else []
     epochs = workdir / "drift" / "epochs.csv"
-    run["epoch_table"] = results.read_table(epochs, fix=fix) if epochs.exists() else None
+    run["epoch_table"] = (results.read_table(epochs, fix=fix, numbers=metrics.FLOAT_OUTPUTS)
+                          if epochs.exists() else None)
     runs.append(run)
   return runs
 

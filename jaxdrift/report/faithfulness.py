@@ -30,7 +30,7 @@ def paired_rows(table, selection="both", n_boot=1000, ci=0.95, seed=0) -> list:
     change_mean, ci_low, ci_high, wilcoxon_statistic, pvalue, selection.
   """
   import scipy.stats  # slow to import: only the tests need it
-  keep = stats._selected(table, selection)
+  keep = stats.selected_mask(table, selection)
   rows = []
   for arch, method in sorted(set(zip(table["arch"][keep], table["method"][keep]))):
     group = keep & (table["arch"] == arch) & (table["method"] == method)
@@ -41,8 +41,8 @@ def paired_rows(table, selection="both", n_boot=1000, ci=0.95, seed=0) -> list:
       tl, ft = tl[ok], ft[ok]
       change = ft - tl
       low, high = stats.bootstrap_ci(change, n_boot, ci,
-                                     stats._rng(seed, (arch, method, score)))
-      stat, p = (stats._safe_test(scipy.stats.wilcoxon, ft, tl) if change.size
+                                     stats.group_rng(seed, (arch, method, score)))
+      stat, p = (stats.safe_test(scipy.stats.wilcoxon, ft, tl) if change.size
                  else (np.nan, np.nan))
       nan = float("nan")
       rows.append(dict(arch=arch, method=method, score=score, better=BETTER[score],
@@ -68,7 +68,7 @@ def paired_markdown(rows) -> str:
 def drift_vs_deletion(table, path, metric="iou", selection="both") -> int:
   """Scatter per architecture x method: drift `metric` (x) against the change in deletion
   AUC, FT - TL (y; below 0 = the FT map is more faithful). Returns the panel count."""
-  keep = stats._selected(table, selection)
+  keep = stats.selected_mask(table, selection)
   groups = sorted(set(zip(table["arch"][keep], table["method"][keep])))
   fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(3.6 * max(1, len(groups)), 3.4),
                            squeeze=False, constrained_layout=True)

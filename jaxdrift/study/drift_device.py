@@ -182,14 +182,14 @@ class Attribution:
   def pair(self, layer, tl_vars, ft_vars, batch):
     """Dispatches both checkpoints' maps at `layer` -> ({method: (maps, logits, all_zero)},
     all_finite). Nothing is waited for."""
-    program = cam.core._program(self.model, (layer,), self.requests, True, "unroll")
+    program = cam.program(self.model, (layer,), self.requests, True, "unroll")
     out, finite = program(tl_vars, ft_vars, batch["image"], batch["weights"],
                           self._dynamic_of(batch["image"]))
     return {m: (r.maps, r.logits, r.all_zero) for m, r in out.items()}, finite
 
   def single(self, layer, variables, batch):
     """Dispatches one checkpoint's maps at `layer` -> ({method: maps [B, h, w]}, finite)."""
-    program = cam.core._program(self.model, (layer,), self.requests, False, "unroll")
+    program = cam.program(self.model, (layer,), self.requests, False, "unroll")
     out, finite = program(variables, batch["image"], batch["weights"],
                           self._dynamic_of(batch["image"]))
     return {m: r.maps for m, r in out.items()}, finite

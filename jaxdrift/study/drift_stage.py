@@ -34,6 +34,7 @@ game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import numbers
 import pathlib
@@ -261,9 +262,10 @@ class Stage:
 
   def host_batches(self):
     """The split's batches on the host, in order, padded to the stage's batch size."""
-    return data.host_batches(self.source, arch=self.run_config["model_arch"],
-                             batch_size=self.batch_size, train=False, image_size=self.size,
-                             memo=self.memo)
+    return data.host_batches(
+        self.source, preprocess=functools.partial(models.preprocess,
+                                                  self.run_config["model_arch"]),
+        batch_size=self.batch_size, train=False, image_size=self.size, memo=self.memo)
 
   def device_batches(self, host_batches=None):
     return drift_device.device_batches(

@@ -172,13 +172,18 @@ class _Run:
     self.timings["train_input"] = images.placement if images is not None else "stream"
     return images
 
+  @property
+  def preprocess(self):
+    """The architecture's input preprocessing, for the data pipeline (picklable)."""
+    return functools.partial(models.preprocess, self.config.model_arch)
+
   def train_prepare(self):
     """The jitted step's `prepare`: gather, augment, preprocess (identity when streamed)."""
     c = self.config
     if self.train_images is None:
       return _streamed
     augment = data_lib.Augment() if c.augment else data_lib.NO_AUGMENT
-    return cache_lib.make_prepare(c.model_arch, augment, cache_lib.augment_key(c.seed),
+    return cache_lib.make_prepare(self.preprocess, augment, cache_lib.augment_key(c.seed),
                                   self.mesh)
 
   def train_inputs(self, global_epoch: int):
@@ -188,7 +193,7 @@ class _Run:
       return cache_lib.epoch_inputs(self.train_images, batch_size=c.batch_size, seed=c.seed,
                                     epoch=global_epoch - 1, mesh=self.mesh,
                                     max_steps=self.steps_per_epoch)
-    batches = data_lib.batches(self.sources["train"], arch=c.model_arch,
+    batches = data_lib.batches(self.sources["train"], preprocess=self.preprocess,
                                batch_size=c.batch_size, train=True, seed=c.seed,
                                image_size=c.input_size, augment=c.augment, num_epochs=1,
                                start_epoch=global_epoch - 1, mesh=self.mesh)
@@ -196,7 +201,7 @@ class _Run:
 
   def eval_batches(self, split: str):
     c = self.config
-    return data_lib.batches(self.sources[split], arch=c.model_arch,
+    return data_lib.batches(self.sources[split], preprocess=self.preprocess,
                             batch_size=c.eval_batch_size or c.batch_size, train=False,
                             seed=c.seed, image_size=c.input_size, mesh=self.mesh,
                             memo=self.memo(split))
