@@ -64,7 +64,8 @@ def test_columns_equal_the_library_on_the_same_maps(stage):
   model, tl, run = jd.train.load_checkpoint(workdir, "tl")
   _, ft, _ = jd.train.load_checkpoint(workdir, "ft")
   source = jd.data.load("phantoms/small", "test[:16]", data_dir=run["data_dir"])
-  batch = next(iter(jd.data.host_batches(source, arch=run["model_arch"], batch_size=8,
+  batch = next(iter(jd.data.host_batches(
+      source, preprocess=functools.partial(jd.models.preprocess, run["model_arch"]), batch_size=8,
                                          train=False, image_size=64)))
   images, labels = np.asarray(batch["image"])[:3], np.asarray(batch["label"])[:3]
   grid = jd.models.cam_grid(run["model_arch"], 64)

@@ -101,7 +101,7 @@ def plan_chunks(steps: int, per_device: int, chunk):
 
 
 @functools.lru_cache(maxsize=64)
-def program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks, sharding):
+def perturbation_program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks, sharding):
   """jit of the whole evaluation; jax.jit compiles it once per input shape."""
   perturb = functools.partial(perturb, **dict(options))
   prepare = functools.partial(prepare, **dict(options))
@@ -197,7 +197,7 @@ def evaluate(logits_fn, images, maps, targets, counts, *, perturb, prepare, opti
   static_fn, dynamic_fn = split_fn(logits_fn)
   if jax.device_count() > 1:
     dynamic_fn = distributed.place(dynamic_fn, distributed.replicated(mesh))
-  program = program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks,
+  program = perturbation_program(static_fn, perturb, prepare, options, score, grid, chunk, n_chunks,
                      shard if n_dev > 1 else None)
   curve, ok = program(dynamic_fn, images, maps, targets, jnp.asarray(counts), extra)
   bad = [k for k, v in ok.items() if not bool(v)]

@@ -83,7 +83,7 @@ def device_program(model, variables, steps: int, grid, batch_size: int, mesh):
     batch, height, width = images.shape[:3]
     rows = 2 * len(methods) * batch  # (method, deletion / insertion, image)
     chunk, n_chunks = runner.plan_chunks(steps + 1, -(-rows // n_dev), None)
-    run = runner.program(static, perturbation.perturb_one, perturbation.prepare_inputs,
+    run = runner.perturbation_program(static, perturbation.perturb_one, perturbation.prepare_inputs,
                           (("baseline", "array"), ("blur_sigma", BLUR_SIGMA),
                            ("mode", "deletion")), "probability",
                           None if grid is None else tuple(float(g) for g in grid), chunk,
