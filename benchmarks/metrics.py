@@ -6,7 +6,7 @@ the ratio at feature resolution (7x7) and input resolution (224x224). Timings ar
 between the jaxdrift runs so that both see the same machine load, which is printed too
 (the development machine is a shared 2-core CPU).
 
-  python benchmarks/metrics.py [--pairs 2000] [--sizes 7,224] [--repeats 3] [--xla-sort]
+  python benchmarks/metrics.py [--pairs 2000] [--sizes 7,224] [--repeats 3] [--sorts numpy,xla]
                                [--breakdown]
 """
 
@@ -92,7 +92,7 @@ def baseline_breakdown(tl, ft, pairs=100):
   return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in times.items())
 
 
-def run(size, pairs, repeats, xla_sort, breakdown):
+def run(size, pairs, repeats, sorts, breakdown):
   rng = np.random.default_rng(size)
   tl, ft = cam_like_maps(rng, pairs, 7, size)
   load = os.getloadavg()[0]
@@ -111,11 +111,10 @@ def run(size, pairs, repeats, xla_sort, breakdown):
   print(f"  jaxdrift.drift   : {pairs / t_jax:12.0f} pairs/s  ({t_jax:.3f} s; first call "
         f"with compile {compile_s:.2f} s)")
   print(f"  ratio            : {t_ref / t_jax:12.1f} x")
-  if xla_sort:
-    run_jax("xla")
-    t_xla, _ = best_of(lambda: run_jax("xla"), 1)
-    print(f"  jaxdrift sort=xla: {pairs / t_xla:12.0f} pairs/s  (ratio {t_ref / t_xla:.1f} x; "
-          "XLA's CPU sort instead of the numpy callback)")
+  for sort in sorts:  # the other implementations of the order statistics (metrics.order)
+    run_jax(sort)
+    t_other, _ = best_of(lambda: run_jax(sort), repeats)
+    print(f"  sort={sort:<11}: {pairs / t_other:12.0f} pairs/s  (ratio {t_ref / t_other:.1f} x)")
   print(f"  max |difference| : {max(worst.values()):.2e} over {len(worst)} metrics "
         f"({max(worst, key=worst.get)}); tolerance {TOLERANCE:g}")
   if breakdown:
@@ -130,14 +129,16 @@ def main():
   parser.add_argument("--pairs", type=int, default=2000)
   parser.add_argument("--sizes", default="7,224")
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--xla-sort", action="store_true",
-                      help="also time the XLA sort path on this backend")
+  parser.add_argument("--sorts", default="",
+                      help="also time these sort implementations (comma-separated: packed, "
+                      "numpy, xla; the default is sort='auto')")
   parser.add_argument("--breakdown", action="store_true",
                       help="also print the baseline's time share per metric")
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} "
         f"device(s)), numpy {np.__version__}, {os.cpu_count()} CPU(s)")
-  ratios = {s: run(s, args.pairs, args.repeats, args.xla_sort, args.breakdown)
+  sorts = [x for x in args.sorts.split(",") if x]
+  ratios = {s: run(s, args.pairs, args.repeats, sorts, args.breakdown)
             for s in (int(v) for v in args.sizes.split(","))}
   print("\nsummary: " + ", ".join(f"{s}x{s}: {r:.1f}x" for s, r in ratios.items()))
 

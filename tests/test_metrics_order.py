@@ -19,14 +19,14 @@ def rows():
   return x
 
 
-@pytest.mark.parametrize("method", ["numpy", "xla"])
+@pytest.mark.parametrize("method", ["packed", "numpy", "xla"])
 def test_sort_and_rank_match_numpy_and_scipy(rows, method):
   values, ranks = jax.jit(jax.vmap(lambda v: order.sort_and_rank(v, method)))(rows)
   np.testing.assert_array_equal(values, np.sort(rows, axis=-1))
   np.testing.assert_array_equal(ranks, scipy.stats.rankdata(rows, axis=-1))
 
 
-@pytest.mark.parametrize("method", ["numpy", "xla"])
+@pytest.mark.parametrize("method", ["packed", "numpy", "xla"])
 def test_sorted_and_top_values(rows, method):
   np.testing.assert_array_equal(
       jax.vmap(lambda v: order.sorted_values(v, method))(rows), np.sort(rows, axis=-1))
@@ -34,7 +34,7 @@ def test_sorted_and_top_values(rows, method):
   np.testing.assert_array_equal(top, -np.sort(-rows, axis=-1)[:, :5])
 
 
-@pytest.mark.parametrize("method", ["numpy", "xla"])
+@pytest.mark.parametrize("method", ["packed", "numpy", "xla"])
 def test_pair_order_stats_match_numpy_and_scipy(rows, method):
   a, b = rows[::2], rows[1::2]
   out = jax.jit(jax.vmap(lambda x, y: order.pair_order_stats(x, y, (1, 4, 9), 5, method)))(

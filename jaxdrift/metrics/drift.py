@@ -193,7 +193,8 @@ class DriftParams:
     grid: with `resolution`, (stride, offset) in output pixels: cell i of the map is centred
       at pixel offset + stride * i, where the network computes it (`jd.models.cam_grid`);
       None for half-pixel centres. See `upsample`.
-    sort: "auto" (numpy callback on the CPU, XLA elsewhere), "numpy" or "xla".
+    sort: "auto" ("packed" on the CPU, "xla" elsewhere), "packed", "numpy" or "xla"
+      (`jaxdrift.metrics.order`).
     chunk: pairs computed together inside the jitted loop, or None to choose by map size
       (about 256k values per step: 5 pairs at 224x224, 1024 at 7x7). Small chunks keep
       the working set in cache; at 224x224 chunk 4 ran twice as fast as chunk 64.
@@ -253,7 +254,7 @@ def pair_metrics(a, b, params=DriftParams()):
   n = a.size
   ks, where = _iou_levels((params.iou_q,) + params.auc_qs, n)
   kc = maps_lib.top_k_count(params.concentration_q, n)
-  # One sort per map for every rank-based metric (one numpy callback per batch on the CPU).
+  # One sort per map for every rank-based metric.
   ranked = order.pair_order_stats(a.ravel(), b.ravel(), ks, kc, params.sort)
   valid_a, valid_b = maps_lib.is_valid(a), maps_lib.is_valid(b)
   valid = valid_a & valid_b

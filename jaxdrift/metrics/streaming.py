@@ -1,8 +1,8 @@
 """Drift over a whole test set: fixed-shape padded batches with a mask, sharded over every
 device along the "data" axis of a `jax.sharding.Mesh`.
 
-Each device computes the metrics of its own shard (`jax.shard_map`), so the CPU sort callback
-runs on local data and nothing is gathered; results come back per sample and are
+Each device computes the metrics of its own shard (`jax.shard_map`): the sorts run on
+local data and nothing is gathered; results come back per sample and are
 accumulated on the host. Every batch has the same shape, so nothing recompiles; the last,
 ragged batch is padded and its padding dropped by the mask.
 """
@@ -45,7 +45,7 @@ def drift_step(params, mesh):
     (its `.jitted`), so that host and device inputs share one compile per shape.
   """
   spec = P(DATA_AXIS)
-  # check_vma=False: the CPU sort is a pure_callback, whose outputs carry no varying-axis
+  # check_vma=False: sort='numpy' is a pure_callback, whose outputs carry no varying-axis
   # annotation; the computation is per-sample, so nothing mixes across shards.
   sharded = jax.shard_map(functools.partial(_masked_metrics, params=params), mesh=mesh,
                           in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)

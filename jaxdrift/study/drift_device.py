@@ -4,14 +4,14 @@ Per batch the host hands the device a padded, fixed-shape batch (images, one-hot
 mask, lesion masks) and dispatches jitted programs back to back without waiting:
 
   attribution  `jaxdrift.cam`'s program of every method at one layer (both checkpoints, or
-               one), the program `jd.cam.compute_pair` / `compute_many` run; it holds no
-               host callback, so the persistent compilation cache keeps it across runs;
+               one), the program `jd.cam.compute_pair` / `compute_many` run;
   pair         the predictions, the all-zero flags, the native maps and (on phantoms) the
                localisation against the lesion masks (`pair_program`);
   drift        every drift metric of the upsampled maps (`drift_program`): ONE program for
-               every comparison of the stage (TL/FT, epochs, nulls). On the CPU its order
-               statistics run in a numpy callback, which XLA's persistent cache cannot
-               keep: one small program recompiled per process (two with localisation).
+               every comparison of the stage (TL/FT, epochs, nulls).
+
+Every program is plain XLA (no host callback), so the persistent compilation cache keeps all
+of them across runs.
 
 The host then reads the PREVIOUS batch's results in one `jax.device_get` (a dict of
 per-image arrays, native-resolution maps included), so the device always has a batch queued
@@ -146,8 +146,7 @@ def pair_program(methods: tuple, placement: tuple, tolerance: float, lesion: boo
 def drift_program(placement: dict, mesh):
   """`(maps_a, maps_b, mask) -> drift dict` of [B] arrays (padding NaN / False): the
   sharded `jd.metrics.drift_step`, one compiled program per run for every comparison
-  (TL/FT, epochs, nulls). On the CPU it holds the numpy sort callback, which the
-  persistent cache cannot keep: sharing it keeps the stage at one such compile."""
+  (TL/FT, epochs, nulls)."""
   return metrics.drift_step(metrics.make_params(**placement), mesh)
 
 
