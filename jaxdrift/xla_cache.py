@@ -26,7 +26,7 @@ from jaxdrift.models.pretrained import cache_dir
 ENV_SWITCH = "JAXDRIFT_XLA_CACHE"
 # Programs that compile faster than this are not written (JAX's default floor is 1 s, which
 # skips most of the small programs a run builds; together they cost seconds per process).
-MIN_COMPILE_SECONDS = 0.1
+MIN_COMPILE_SECONDS = 0.0
 _OFF = ("0", "false", "no", "off")
 
 
