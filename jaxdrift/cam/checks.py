@@ -15,7 +15,6 @@ import numpy as np
 
 from jaxdrift import models
 from jaxdrift.cam import gradfree, input_grads, methods as weightings, occlusion
-from jaxdrift.models.layers import TAPS
 
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam")
 INPUT_METHODS = ("integrated_gradients", "smoothgrad", "expected_gradients")
@@ -58,25 +57,15 @@ class Request:
   static: tuple  # sorted (option, value) pairs
 
 
-@functools.lru_cache(maxsize=32)
 def model_info(model, image_shape: tuple):
-  """(number of logits, {layer: per-image output shape} in model order), shapes only."""
-  x = jax.ShapeDtypeStruct((1,) + image_shape, jnp.float32)
-  order = []
-
-  def run(x):
-    variables = model.init(jax.random.key(0), x, train=False)
-    logits, state = model.apply(variables, x, train=False, mutable=[TAPS])
-    layers = state.get(TAPS, {}).get("layers", {})
-    order.extend(layers)  # at trace time, in model order
-    return logits, layers
-
-  logits, layers = jax.eval_shape(run, x)
+  """(number of logits, {layer: per-image output shape} in model order), shapes only (one
+  cached trace, `jd.models.abstract_model`)."""
+  _, logits, layers = models.abstract_model(model, (1,) + tuple(image_shape))
   if logits.ndim != 2:
     raise ValueError(f"attribution needs a model that returns logits [B, classes]; "
                      f"{type(model).__name__} returns shape {logits.shape} (include_top?)")
-  return logits.shape[-1], {n: jax.ShapeDtypeStruct(layers[n].shape[1:], layers[n].dtype)
-                            for n in order}
+  return logits.shape[-1], {n: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+                            for n, a in layers.items()}
 
 
 @functools.cache

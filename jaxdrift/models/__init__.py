@@ -14,7 +14,7 @@ from jaxdrift.models.pretrained import pretrained, weights_url
 from jaxdrift.models.registry import (ARCHS, SPECS, TINY, ArchSpec, cam_grid,
                                       default_cam_layer, default_input_size, preprocess, spec)
 from jaxdrift.models.resnet_v2 import ResNet50V2, ResNetV2, ResNetV2Tiny
-from jaxdrift.models.taps import capture, layer_shapes
+from jaxdrift.models.taps import abstract_model, capture, layer_shapes
 
 _CONSTRUCTORS = {
     "densenet201": DenseNet201,

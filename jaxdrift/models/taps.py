@@ -1,5 +1,6 @@
 """Layer outputs by Keras name, without hooks: see `jaxdrift.models.layers.tap`."""
 
+import functools
 from typing import Sequence
 
 import jax
@@ -11,24 +12,34 @@ from jaxdrift.models.layers import TAPS
 def layer_shapes(model, input_shape: Sequence[int]) -> dict[str, jax.ShapeDtypeStruct]:
   """Every tappable Keras layer of `model` and its output shape, in model order.
 
-  Nothing is computed or allocated (`jax.eval_shape`).
+  Nothing is computed or allocated (`jax.eval_shape`); the shapes are traced once per model
+  and input shape (`abstract_model`) and a new dict is returned.
 
   Args:
     model: a port from `jaxdrift.models.create`.
     input_shape: (B, H, W, 3).
   """
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  return dict(abstract_model(model, tuple(input_shape))[2])
 
+
+@functools.lru_cache(maxsize=32)
+def abstract_model(model, input_shape: tuple) -> tuple:
+  """(variables, logits, {layer: output}) of `model` on float32 inputs of `input_shape`, as
+  ShapeDtypeStructs, layers in model order: ONE trace of init and apply (a full port takes
+  about a second to trace), cached per model and shape. Do not modify the result: it is
+  shared."""
+  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
   order = []
 
   def run(x):
     variables = model.init(jax.random.key(0), x, train=False)
-    _, state = model.apply(variables, x, train=False, mutable=[TAPS])
-    order.extend(state[TAPS]["layers"])  # trace time: jax would return the keys sorted
-    return state[TAPS]["layers"]
+    logits, state = model.apply(variables, x, train=False, mutable=[TAPS])
+    layers = state.get(TAPS, {}).get("layers", {})
+    order.extend(layers)  # trace time: jax would return the keys sorted
+    return variables, logits, layers
 
-  shapes = jax.eval_shape(run, x)
-  return {name: shapes[name] for name in order}
+  variables, logits, layers = jax.eval_shape(run, x)
+  return variables, logits, {name: layers[name] for name in order}
 
 
 def capture(model, variables, x, names: Sequence[str], *, train: bool = False):

@@ -228,6 +228,20 @@ def restore_named(workdir, name: str, abstract_variables=None) -> tuple[dict, di
   return {"params": out["params"], "batch_stats": out["batch_stats"]}, dict(out["meta"])
 
 
+def read_named_meta(workdir, name: str) -> dict | None:
+  """The JSON meta of the named checkpoint `name` (the epoch meta it was saved with), or None
+  when there is no such checkpoint."""
+  path = named_path(workdir, name)
+  if not path.is_dir():
+    return None
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      return dict(ckptr.restore(path, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"])
+  except Exception as e:
+    raise _fail(path, e) from e
+
+
 def restore_epoch_variables(workdir, number: int, abstract_variables=None
                             ) -> tuple[dict, dict]:
   """Model variables (no optimiser state) and meta of epoch checkpoint `number`."""
@@ -262,8 +276,7 @@ def abstract_variables(model_arch: str, num_classes: int, size: int) -> dict:
   (tracing an InceptionV3 takes a second; the drift stage loads every epoch's checkpoint).
   Do not modify the returned tree: it is shared."""
   model = models.create(model_arch, num_classes)
-  return jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False))
+  return models.abstract_model(model, (1, size, size, 3))[0]
 
 
 def load_checkpoint(workdir, which="ft", *, arch: str | None = None):
