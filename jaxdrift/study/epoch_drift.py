@@ -3,7 +3,8 @@ and against the previous epoch (the drift stage's epochs.csv, and its summary).
 
 Each epoch's checkpoint is restored in a background thread while the previous one is being
 explained, and compared with the TL and FT checkpoints there (an epoch with their weights
-reuses their maps). Per batch the device computes the epoch's maps and their drift against
+reuses their maps). An epoch checkpoint saved together with the TL or FT checkpoint (the
+same meta: phase, epoch, step, validation scores) is not restored at all. Per batch the device computes the epoch's maps and their drift against
 both references (`drift_device.drift_program`); the host keeps the native maps, the next
 epoch's "previous".
 """
@@ -32,9 +33,15 @@ def _same_variables(a, b) -> bool:
           and bool(_same_variables_on_device(a, b)))
 
 
-def _restore(stage, epoch, known):
-  """(variables placed on the mesh, index of the known checkpoint with the same weights or
-  None); runs in the prefetch thread."""
+def _restore(stage, epoch, known, named_metas):
+  """(variables placed on the mesh or None, index of the known checkpoint with the same
+  weights or None); runs in the prefetch thread. `named_metas`: the metas of the known
+  checkpoints (TL, FT); an epoch saved with one of them is that checkpoint."""
+  meta = train.checkpoint.read_epoch_meta(train.checkpoint.epochs_manager(stage.workdir),
+                                          int(epoch))
+  for i, named in enumerate(named_metas):
+    if named is not None and meta == named:
+      return None, i
   _, variables, _ = train.load_checkpoint(stage.workdir, int(epoch))
   same = next((i for i, v in enumerate(known) if _same_variables(v, variables)), None)
   return stage.attribution.place(variables), same
@@ -60,8 +67,10 @@ def table(stage, samples: dict, maps: dict) -> dict:
   tl_maps = {k: v["tl"] for k, v in maps.items()}
   known = [tl_maps, {k: v["ft"] for k, v in maps.items()}]
   columns, previous = [], None
+  named_metas = [train.checkpoint.read_named_meta(stage.workdir, n) for n in ("tl", "ft")]
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdrift-restore") as pool:
-    restore = lambda e: pool.submit(_restore, stage, e, (stage.tl_vars, stage.ft_vars))
+    restore = lambda e: pool.submit(_restore, stage, e, (stage.tl_vars, stage.ft_vars),
+                                    named_metas)
     ahead = restore(epochs[0]) if epochs else None
     for i, epoch in enumerate(epochs):
       with clock.part("input"):
