@@ -9,10 +9,17 @@ compilation cache (so that only the cache differs). Prints per architecture:
                      each phase, from metrics.jsonl) over the bare train step's images/s
                      (the same step on one device-resident batch), measured in the same
                      process (the second run's)
-  drift/bare         drift-stage image-checkpoints/s (test images x (TL, FT and every
-                     epoch checkpoint), over the stage's seconds without its compiles) over
-                     the bare attribution + metrics rate of one resident batch (both
-                     checkpoints' maps, every drift metric, the localisation), same process
+  drift/bare         the bare seconds of the stage's device work over the stage's seconds
+                     without its compiles (equivalently: image-checkpoints/s of the stage
+                     over that of its bare programs doing the same work). The bare side
+                     times each of the stage's programs on one resident batch (both
+                     checkpoints' attribution with the pair program and its drift metrics;
+                     one checkpoint's attribution; one drift-metrics call) and multiplies
+                     by how often the stage called it (counted while it ran: the main pass,
+                     every epoch checkpoint against TL and the previous epoch, the nulls).
+                     What is left is the stage's own cost: reading checkpoints and data,
+                     host tables, statistics, files. img-ckpt/s is the stage's rate (test
+                     images x (TL, FT and every epoch checkpoint) per second)
   compile s          XLA compile seconds (or reads from the cache) of the first (cold
                      cache) and the second (warm cache) run; tracing and lowering, which
                      no cache saves, are printed beside them
@@ -26,6 +33,7 @@ The last line is JSON: {"device": ..., "archs": {arch: {"train_over_step": {"tl"
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -102,19 +110,65 @@ def _bare_train_rates(config) -> dict:
   return {k: config.batch_size / s for k, s in seconds.items()}
 
 
-def _bare_drift_rate(workdir, drift) -> float:
-  """Image-checkpoints/s of the stage's per-batch programs on one resident batch."""
+class DispatchCounter:
+  """Counts the drift stage's device programs while it runs (the bare side's workload).
+
+  Inside `counting()`: "pair" (`drift_device.pair_dispatch`'s per-batch function: both
+  checkpoints' attribution, the pair program, one drift call per method and layer),
+  "single" (one checkpoint's attribution: epochs, perturbation null) and "drift" (every call
+  of a `jd.metrics.drift_step` program: epochs, nulls and the pairs' own).
+  """
+
+  def __init__(self):
+    self.calls = dict.fromkeys(("pair", "single", "drift"), 0)
+
+  def _counted(self, name, fn):
+    def wrapper(*args, **kwargs):
+      self.calls[name] += 1
+      return fn(*args, **kwargs)
+    return wrapper
+
+  @contextlib.contextmanager
+  def counting(self):
+    from unittest import mock
+    from jaxdrift import metrics
+    from jaxdrift.metrics import streaming
+    from jaxdrift.study import drift_device
+
+    pair_dispatch, drift_step = drift_device.pair_dispatch, streaming.drift_step
+    single = drift_device.Attribution.single
+    counted_step = lambda *a, **k: self._counted("drift", drift_step(*a, **k))
+    with mock.patch.object(drift_device, "pair_dispatch",
+                           lambda *a, **k: self._counted("pair", pair_dispatch(*a, **k))), \
+        mock.patch.object(drift_device.Attribution, "single", self._counted("single", single)), \
+        mock.patch.object(streaming, "drift_step", counted_step), \
+        mock.patch.object(metrics, "drift_step", counted_step):
+      yield self
+
+
+def _bare_drift_seconds(workdir, drift, calls: dict) -> dict:
+  """The stage's device work on one resident batch: seconds per call of each program
+  (interleaved), and their sum over the stage's calls (`DispatchCounter.calls`)."""
   import jax
   from benchmarks import common
   from jaxdrift.study import drift_device, drift_stage
 
   stage = drift_stage.open_stage(workdir, drift)
   host, batch = next(iter(stage.device_batches()))
+  layer = stage.layers[0]
   dispatch = drift_device.pair_dispatch(stage, stage.tl_vars, stage.ft_vars)
-  call = lambda: dispatch(host, batch)
-  jax.block_until_ready(call())
-  seconds = common.interleaved({"bare": call}, rounds=5)["bare"]
-  return 2 * stage.batch_size / seconds
+  maps, _ = stage.attribution.single(layer, stage.ft_vars, batch)
+  step = drift_device.drift_program(stage.placement[layer], stage.mesh)
+  some = next(iter(maps.values()))
+  per_call = common.interleaved({
+      "pair": lambda: dispatch(host, batch),
+      "single": lambda: stage.attribution.single(layer, stage.ft_vars, batch),
+      "drift": lambda: step(some, some, batch["mask"])}, rounds=7)
+  in_pairs = calls["pair"] * len(stage.config.methods) * len(stage.layers)
+  counts = {**calls, "drift": calls["drift"] - in_pairs}  # a pair's drift is in its time
+  return {"per_call_s": per_call, "calls": calls,
+          "seconds": sum(counts[k] * per_call[k] for k in counts),
+          "pair_rate": 2 * stage.batch_size / per_call["pair"]}
 
 
 def child(args) -> None:
@@ -147,21 +201,24 @@ def child(args) -> None:
     workdir = root / arch
     active[0] = arch
     start = time.perf_counter()
-    seconds = pipeline.train_and_drift(config, workdir, drift, args.data_dir, progress=False)
+    counter = DispatchCounter()
+    with counter.counting():
+      seconds = pipeline.train_and_drift(config, workdir, drift, args.data_dir,
+                                         progress=False)
     active[0] = None
     timings = json.loads((workdir / "drift" / "timings.json").read_text())
     n_test = len(results.read_table(workdir / "drift" / "samples.csv")["image"]) // (
         len(drift.methods) * len(drift.layers))
     checkpoints = 2 + config.epochs_tl + config.epochs_ft
+    stage_s = max(timings["total"] - timings["compile"], 1e-9)
     result = {"compile_s": compiled.get(arch, {"backend": 0.0, "trace": 0.0}),
               "wall_s": time.perf_counter() - start, "stages_s": seconds,
-              "drift_timings": timings,
-              "drift_rate": n_test * checkpoints / max(timings["total"] - timings["compile"],
-                                                       1e-9),
+              "drift_timings": timings, "drift_s": stage_s,
+              "drift_rate": n_test * checkpoints / stage_s,
               "train_rate": _steady_images_per_s(workdir)}
     if args.ratios:
       result["bare_train_rate"] = _bare_train_rates(config)
-      result["bare_drift_rate"] = _bare_drift_rate(workdir, drift)
+      result["bare_drift"] = _bare_drift_seconds(workdir, drift, counter.calls)
     out["archs"][arch] = result
     print(f"  run {root.name}: {arch} done in {result['wall_s']:.0f} s", flush=True)
   pathlib.Path(args.out).write_text(json.dumps(out))
@@ -210,7 +267,7 @@ def main(argv=None) -> None:
   for arch in args.archs.split(","):
     a, b = first["archs"][arch], second["archs"][arch]
     train = {p: b["train_rate"][p] / b["bare_train_rate"][p] for p in ("tl", "ft")}
-    drift = b["drift_rate"] / b["bare_drift_rate"]
+    drift = b["bare_drift"]["seconds"] / b["drift_s"]
     compile_s = [a["compile_s"]["backend"], b["compile_s"]["backend"]]
     print(f"{arch:<13}{train['tl']:>14.2f}{train['ft']:>7.2f}{drift:>11.2f}"
           f"{b['drift_rate']:>11.0f}{compile_s[0]:>8.1f} ->{compile_s[1]:>5.1f}"
