@@ -225,15 +225,25 @@ def test_drift_stage_places_maps_on_the_networks_grid(run, tmp_path):
                          equal_nan=True)
 
 
-def test_drift_stage_rerun_into_a_fresh_dir_writes_the_same_bytes(run, tmp_path):
+def test_drift_stage_rerun_into_a_fresh_dir_writes_the_same_bytes(run, tmp_path,
+                                                                 monkeypatch):
   """The drift stage again, in this process, on a copy of a run without its drift/ (a
   fresh output directory): the same bytes as the worker process wrote. Its seconds are
-  split into compile, input, device, host and write, in ROOT/timings.json as well."""
+  split into compile, input, device, host and write, in ROOT/timings.json as well. The
+  epochs saved with the TL and FT checkpoints are not restored (their maps are reused)."""
   root, data_dir, _ = run
   workdir = tmp_path / "resnet50v2"
   shutil.copytree(root / "resnet50v2", workdir, ignore=shutil.ignore_patterns("drift"))
+  restored, load = [], jd.train.load_checkpoint
+  monkeypatch.setattr(jd.train, "load_checkpoint",
+                      lambda w, which="ft", **k: restored.append(which) or load(w, which, **k))
   out = jd.study.run_drift(workdir, jd.study.DRIFT_PRESETS["smoke"], data_dir=data_dir,
                            progress=False)
+  summary = json.loads((workdir / "summary.json").read_text())
+  epochs = set(results.read_table(workdir / "drift" / "epochs.csv")["epoch"].tolist())
+  named = {summary[p]["global_epoch"] for p in ("tl", "ft")}
+  assert named <= epochs  # the smoke run: one epoch per phase, nothing left to restore
+  assert sorted(e for e in restored if isinstance(e, int)) == sorted(epochs - named)
   for name in ("samples.csv", "aggregates.json", "epochs.csv", "examples.npz"):
     assert (workdir / "drift" / name).read_bytes() == (
         root / "resnet50v2" / "drift" / name).read_bytes(), name
