@@ -6,9 +6,10 @@ each time in a fresh subprocess with a fresh output directory and one shared per
 compilation cache (so that only the cache differs). Prints per architecture:
 
   train/step tl, ft  training images/s of the steady epochs (every epoch but the first of
-                     each phase, from metrics.jsonl) over the bare train step's images/s
-                     (the same step on one device-resident batch), measured in the same
-                     process (the second run's)
+                     each phase, from metrics.jsonl) over the bare step's images/s: the
+                     loop's own jitted step (gather from the uint8 cache, augmentation and
+                     preprocessing inside it, the train step) on one device-resident batch,
+                     measured in the same process (the second run's)
   drift/bare         the bare seconds of the stage's device work over the stage's seconds
                      without its compiles (equivalently: image-checkpoints/s of the stage
                      over that of its bare programs doing the same work). The bare side
@@ -34,6 +35,7 @@ The last line is JSON: {"device": ..., "archs": {arch: {"train_over_step": {"tl"
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -44,6 +46,7 @@ import tempfile
 import time
 
 ARCHS = ("densenet201", "resnet50v2", "inceptionv3")
+_BARE_STEPS = 8  # steps per timed call of the bare train step
 _BACKEND = "/jax/core/compile/backend_compile_duration"
 _TRACE = ("/jax/core/compile/jaxpr_trace_duration",
           "/jax/core/compile/jaxpr_to_mlir_module_duration")
@@ -57,7 +60,7 @@ def configs(small: bool, archs, data_dir):
   for arch in archs:
     if small:  # the reduced variants on the 64-px smoke phantoms (500 / 100 / 100)
       config = jd.train.preset("smoke", arch=arch, data_dir=data_dir, epochs_tl=2,
-                               epochs_ft=2, max_steps_per_epoch=8)
+                               epochs_ft=2, max_steps_per_epoch=16)
       drift = jd.study.DRIFT_PRESETS["smoke"]
     else:  # the full models, 384 / 64 / 128 phantoms at 128 px, batch 32
       config = jd.train.preset(
@@ -95,19 +98,55 @@ def _steady_images_per_s(workdir: pathlib.Path) -> dict:
 
 
 def _bare_train_rates(config) -> dict:
-  """{"tl": images/s, "ft": images/s} of the bare train steps at the run's batch and size."""
+  """{"tl": images/s, "ft": images/s} of the loop's own jitted step (gather from the uint8
+  image cache, augment and preprocess inside the step, train step, totals on the device), on
+  one device-resident batch at the run's batch size and input size, per phase as the loop
+  builds it: what training costs without the loop around it."""
   import jax
-  from benchmarks import common, train_step
+  import numpy as np
+  from benchmarks import common
   import jaxdrift as jd
+  from jaxdrift.data import cache
+  from jaxdrift.train import state as state_lib, steps
 
   model_arch = jd.models.TINY[config.arch] if config.reduced else config.arch
   size = config.image_size or jd.models.default_input_size(model_arch)
-  candidates = train_step.jaxdrift_steps(model_arch, config.batch_size, size)
-  candidates = {"tl": candidates["phase1"], "ft": candidates["phase2"]}
-  for fn in candidates.values():
+  mesh, n, k = jd.data.default_mesh(), config.batch_size, 5
+  rng = np.random.default_rng(0)
+  data = jd.data.to_device({"images": rng.integers(0, 256, (n, size, size, 1), np.uint8),
+                            "labels": (np.arange(n) % k).astype(np.int32)}, mesh)
+  data = {k_: jax.device_put(v, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+          for k_, v in data.items()}
+  inputs = jd.data.to_device({"index": np.arange(n, dtype=np.int32)}, mesh)
+  augment = jd.data.Augment() if config.augment else jd.data.NO_AUGMENT
+  prepare = cache.make_prepare(functools.partial(jd.models.preprocess, model_arch), augment,
+                               cache.augment_key(config.seed), mesh)
+  variables = jd.models.pretrained(model_arch, k, weights="none", key=jax.random.key(0),
+                                   input_size=size)
+  dtype = jax.numpy.bfloat16 if config.dtype == "bfloat16" else jax.numpy.float32
+  epoch, key, out = np.int32(0), jax.random.key(0), {}
+  for name, trainable, train_bn in (("tl", ("predictions",), False),
+                                    ("ft", None, config.ft_train_bn)):
+    phase = steps.Phase(backbone=jd.models.create(model_arch, include_top=False, dtype=dtype),
+                        num_classes=k, dropout_rate=config.dropout_rate, train_bn=train_bn,
+                        label_smoothing=config.label_smoothing, dtype=dtype)
+    frozen = state_lib.frozen_paths(variables["params"], trainable)
+    tx = state_lib.make_optimizer(1e-4, params=variables["params"], frozen=frozen,
+                                  weight_decay=config.weight_decay)
+    holder = [steps.replicate(state_lib.TrainState.create(
+        params=variables["params"], batch_stats=variables["batch_stats"], tx=tx,
+        frozen=frozen), mesh), steps.zero_totals(mesh)]
+    step = steps.jit_input_train_step(phase, mesh, prepare)
+
+    def run(holder=holder, step=step):
+      for _ in range(_BARE_STEPS):  # back to back, as the loop dispatches them
+        holder[0], holder[1] = step(holder[0], holder[1], inputs, data, epoch, key)
+      return holder[1]
+    out[name] = run
+  for fn in out.values():
     jax.block_until_ready(fn())
-  seconds = common.interleaved(candidates, rounds=5)
-  return {k: config.batch_size / s for k, s in seconds.items()}
+  seconds = common.interleaved(out, rounds=5)
+  return {name: _BARE_STEPS * n / s for name, s in seconds.items()}
 
 
 class DispatchCounter:
