@@ -105,7 +105,7 @@ def pretrained(arch: str, num_classes: int, weights="imagenet", *, key, input_si
   Returns:
     {"params": ..., "batch_stats": ...}.
   """
-  from jaxdrift.models import create
+  from jaxdrift.models import abstract_model, create
 
   model = create(arch, num_classes=num_classes)
   size = input_size or registry.spec(arch).input_size
@@ -119,7 +119,7 @@ def pretrained(arch: str, num_classes: int, weights="imagenet", *, key, input_si
   path = fetch_weights(arch) if isinstance(weights, str) and weights == "imagenet" else weights
   file_backbone = {p: a for p, a in keras_to_flat(read_keras_h5(path), arch).items()
                    if p[1] != "predictions"}
-  shapes = flatten_tree(jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False)))
+  shapes = flatten_tree(abstract_model(model, x.shape)[0])  # one cached trace per process
   backbone = unflatten_tree({p: s for p, s in shapes.items() if p[1] != "predictions"})
   loaded = flatten_tree(strict_merge(backbone, file_backbone, source=os.fspath(path)))
   # The head exactly as model.init would make it (flax Dense defaults), without tracing the
