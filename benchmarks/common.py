@@ -16,8 +16,9 @@ def time_call(fn, *args, repeats: int = 3) -> float:
   return statistics.median(times)
 
 
-def interleaved(candidates: dict, rounds: int = 5) -> dict:
-  """Median seconds per call of each zero-argument callable, measured in alternation.
+def interleaved(candidates: dict, rounds: int = 5, statistic=statistics.median) -> dict:
+  """Seconds per call of each zero-argument callable (the `statistic` of its rounds, median
+  by default), measured in alternation.
 
   Alternating A, B, A, B, ... spreads the load of a noisy machine over all candidates, so
   their ratio is meaningful even when absolute times are not.
@@ -28,4 +29,4 @@ def interleaved(candidates: dict, rounds: int = 5) -> dict:
       start = time.perf_counter()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return {name: statistic(t) for name, t in times.items()}
