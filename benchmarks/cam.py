@@ -33,7 +33,8 @@ ratios are per channel.
 
     python -m benchmarks.cam [--archs densenet201,resnet50v2,inceptionv3] [--batch 8]
         [--size 0 (default per arch)] [--repeats 3] [--eager_images 1] [--layer NAME]
-        [--gradfree_arch resnet50v2 | none] [--scorecam_channels 32]
+        [--gradfree_arch resnet50v2 | none] [--gradfree_methods ablationcam,scorecam,...]
+        [--scorecam_channels 32]
         [--ablation_channels 0] [--loop_channels 8] [--chunk 8]
         [--inner_layer conv4_block6_out]
 
@@ -175,8 +176,11 @@ def gradfree_bench(args):
   def forward():
     return timed(apply, variables, x)
 
+  methods = args.gradfree_methods.split(",")
   # Ablation-CAM vs a per-channel loop of full forward passes (channel k zeroed by a tap).
   for layer in (jd.models.default_cam_layer(arch), args.inner_layer):
+    if "ablationcam" not in methods:
+      break
     channels = shapes[layer].shape[-1]
     n = min(args.ablation_channels or channels, channels)
     loop_fn = jax.jit(lambda v, x, d, layer=layer: model.apply(
@@ -214,6 +218,8 @@ def gradfree_bench(args):
   for method, passes, options in (("scorecam", n, dict(top_k=n)),
                                   ("occlusion", 16, dict(size=window, stride=window)),
                                   ("rise", n, dict(n_masks=n, key=jax.random.key(0)))):
+    if method not in methods:
+      continue
     t, t_fwd, compile_s = run(method, forward, **options)
     floor = passes * t_fwd
     print(f"{method:11s} {passes:4d} passes/image: {t:7.2f} s vs {passes} x forward "
@@ -237,6 +243,8 @@ def main(argv=None) -> None:
   parser.add_argument("--checkpoint_map", default="unroll", choices=("unroll", "map", "vmap"))
   parser.add_argument("--gradfree_arch", default="resnet50v2",
                       help="architecture of the gradient-free section ('none': skip it)")
+  parser.add_argument("--gradfree_methods", default="ablationcam,scorecam,occlusion,rise",
+                      help="the gradient-free methods to measure (comma-separated)")
   parser.add_argument("--inner_layer", default="conv4_block6_out",
                       help="the inner layer of the Ablation-CAM measurement")
   parser.add_argument("--scorecam_channels", type=int, default=32,
