@@ -23,7 +23,9 @@ process, one checkpoint):
 
 * ablationcam at the canonical layer and at conv4_block6_out vs a per-channel loop of full
   jitted forward passes (channel k zeroed through the layer's perturbation tap), per
-  channel. Target >= 5x: the network before the layer runs once, not once per channel.
+  channel. Target >= 5x: the network before the layer runs once, not once per channel, and
+  at conv4_block6_out the 1x1 convolutions after it are updated by rank one
+  (jaxdrift/cam/suffix.py); --ablation_plain also times the plain suffix there.
 * scorecam vs n plain jitted forward passes of the same batch, n = the channels it scores
   (--scorecam_channels via top_k: a subset on a CPU; the rate per channel is what counts).
   Target <= 1.2x: every masked input needs a full forward pass, so that is the floor.
@@ -35,13 +37,14 @@ ratios are per channel.
         [--size 0 (default per arch)] [--repeats 3] [--eager_images 1] [--layer NAME]
         [--gradfree_arch resnet50v2 | none] [--gradfree_methods ablationcam,scorecam,...]
         [--scorecam_channels 32]
-        [--ablation_channels 0] [--loop_channels 8] [--chunk 8]
+        [--ablation_channels 0] [--ablation_plain] [--loop_channels 8] [--chunk 8]
         [--inner_layer conv4_block6_out]
 
 The last line is JSON with every ratio.
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -140,6 +143,14 @@ def bench(arch, args):
   return ratio, rate / jit_rate, rate / eager_rate
 
 
+def undeclared(model):
+  """The same port without `channel_readouts` declarations (Ablation-CAM's plain suffix)."""
+  cls = type(model)
+  plain = type(f"Undeclared{cls.__name__}", (cls,), {"channel_readouts": lambda self: {}})
+  return plain(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                  if f.init and f.name not in ("parent", "name")})
+
+
 def gradfree_bench(args):
   """Gradient-free methods of one checkpoint vs their baselines (module doc).
 
@@ -162,7 +173,7 @@ def gradfree_bench(args):
   print(f"\ngradient-free, {arch} {size} px, batch {args.batch}, chunk {args.chunk}",
         flush=True)
 
-  def run(method, baseline, layer=None, **options):
+  def run(method, baseline, layer=None, model=model, **options):
     """(min seconds of the method, min seconds of its baseline, compile seconds)."""
     fn = lambda: jd.cam.compute(model, variables, x, targets, method, layer=layer,  # noqa
                                 chunk=args.chunk, **options)
@@ -211,6 +222,17 @@ def gradfree_bench(args):
                                    "loop_ms_per_channel": loop_per_channel * 1e3,
                                    "speedup_vs_loop": ratio,
                                    "suffix_mac_fraction": frac["partial_fraction"]}
+    if args.ablation_plain and layer in getattr(model, "channel_readouts", dict)():
+      # The same port without declarations: the plain suffix (jaxdrift/cam/suffix.py).
+      t_plain, loop_plain, _ = run("ablationcam", loop, layer, model=undeclared(model),
+                                   top_k=n if n < channels else None)
+      plain = loop_plain / (t_plain / n)
+      print(f"  plain suffix {t_plain / n * 1e3:7.2f} ms/ch vs loop {loop_plain * 1e3:7.1f} "
+            f"ms/ch  speed-up {plain:6.1f}x; rank-one suffix / plain (ms/ch) "
+            f"{t_abl / t_plain:5.3f}", flush=True)
+      out[f"ablationcam_{layer}"].update(plain_ms_per_channel=t_plain / n * 1e3,
+                                         plain_speedup_vs_loop=plain,
+                                         plain_loop_ms_per_channel=loop_plain * 1e3)
 
   # Score-CAM, occlusion and RISE vs the same number of plain forward passes.
   n = args.scorecam_channels
@@ -251,6 +273,9 @@ def main(argv=None) -> None:
                       help="channels Score-CAM scores (top_k; also RISE's masks)")
   parser.add_argument("--ablation_channels", type=int, default=0,
                       help="channels Ablation-CAM ablates (top_k; 0: all)")
+  parser.add_argument("--ablation_plain", action="store_true",
+                      help="also time Ablation-CAM's plain suffix where the port declares a "
+                           "rank-one readout (the port without its declarations)")
   parser.add_argument("--loop_channels", type=int, default=8,
                       help="channels of the per-channel baseline loop")
   parser.add_argument("--chunk", type=int, default=8,
