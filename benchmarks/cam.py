@@ -173,16 +173,23 @@ def gradfree_bench(args):
   print(f"\ngradient-free, {arch} {size} px, batch {args.batch}, chunk {args.chunk}",
         flush=True)
 
-  def run(method, baseline, layer=None, model=model, **options):
-    """(min seconds of the method, min seconds of its baseline, compile seconds)."""
-    fn = lambda: jd.cam.compute(model, variables, x, targets, method, layer=layer,  # noqa
-                                chunk=args.chunk, **options)
+  def run(method, baseline, layer=None, other=None, **options):
+    """(min seconds of the method, min seconds of its baseline, compile seconds, min seconds
+    of the method on the model `other` (None without one)); each round times all of them."""
+    def fn(m=model):
+      return jd.cam.compute(m, variables, x, targets, method, layer=layer, chunk=args.chunk,
+                            **options)
+
     compile_s = timed(fn)
-    ours, base = [], []
+    if other is not None:
+      timed(fn, other)
+    ours, base, others = [], [], []
     for _ in range(args.repeats):
       ours.append(timed(fn))
       base.append(baseline())
-    return min(ours), min(base), compile_s
+      if other is not None:
+        others.append(timed(fn, other))
+    return min(ours), min(base), compile_s, min(others, default=None)
 
   def forward():
     return timed(apply, variables, x)
@@ -208,8 +215,12 @@ def gradfree_bench(args):
         jax.block_until_ready(loop_fn(variables, x, d))
       return (time.perf_counter() - start) / args.loop_channels
 
-    t_abl, loop_per_channel, compile_s = run("ablationcam", loop, layer,
-                                             top_k=n if n < channels else None)
+    # With --ablation_plain, the same port without declarations (the plain suffix,
+    # jaxdrift/cam/suffix.py) is timed in the same rounds.
+    plain = (undeclared(model) if args.ablation_plain
+             and layer in getattr(model, "channel_readouts", dict)() else None)
+    t_abl, loop_per_channel, compile_s, t_plain = run(
+        "ablationcam", loop, layer, other=plain, top_k=n if n < channels else None)
     ours = t_abl / n
     frac = jd.cam.cost(model, "ablationcam", layer, image_shape=(size, size, 3))
     ratio = loop_per_channel / ours
@@ -222,17 +233,12 @@ def gradfree_bench(args):
                                    "loop_ms_per_channel": loop_per_channel * 1e3,
                                    "speedup_vs_loop": ratio,
                                    "suffix_mac_fraction": frac["partial_fraction"]}
-    if args.ablation_plain and layer in getattr(model, "channel_readouts", dict)():
-      # The same port without declarations: the plain suffix (jaxdrift/cam/suffix.py).
-      t_plain, loop_plain, _ = run("ablationcam", loop, layer, model=undeclared(model),
-                                   top_k=n if n < channels else None)
-      plain = loop_plain / (t_plain / n)
-      print(f"  plain suffix {t_plain / n * 1e3:7.2f} ms/ch vs loop {loop_plain * 1e3:7.1f} "
-            f"ms/ch  speed-up {plain:6.1f}x; rank-one suffix / plain (ms/ch) "
-            f"{t_abl / t_plain:5.3f}", flush=True)
+    if t_plain is not None:
+      plain_ratio = loop_per_channel / (t_plain / n)
+      print(f"  plain suffix: {t_plain / n * 1e3:7.2f} ms/ch  speed-up {plain_ratio:6.1f}x; "
+            f"rank-one / plain {t_abl / t_plain:5.3f}", flush=True)
       out[f"ablationcam_{layer}"].update(plain_ms_per_channel=t_plain / n * 1e3,
-                                         plain_speedup_vs_loop=plain,
-                                         plain_loop_ms_per_channel=loop_plain * 1e3)
+                                         plain_speedup_vs_loop=plain_ratio)
 
   # Score-CAM, occlusion and RISE vs the same number of plain forward passes.
   n = args.scorecam_channels
@@ -242,7 +248,7 @@ def gradfree_bench(args):
                                   ("rise", n, dict(n_masks=n, key=jax.random.key(0)))):
     if method not in methods:
       continue
-    t, t_fwd, compile_s = run(method, forward, **options)
+    t, t_fwd, compile_s, _ = run(method, forward, **options)
     floor = passes * t_fwd
     print(f"{method:11s} {passes:4d} passes/image: {t:7.2f} s vs {passes} x forward "
           f"{t_fwd * 1e3:.0f} ms = {floor:7.2f} s  ratio {t / floor:5.3f}"

@@ -1,9 +1,13 @@
 """Ablation-CAM's rank-one suffix (jaxdrift/cam/suffix.py): the same maps and channel weights
 as the plain suffix where a port declares its readout, the declared convolutions gone from the
 compiled program, every declaration of the ports checked, wrong declarations raising, and
-the cost counting the rank-one update."""
+the cost counting the rank-one update, eight devices equal to one."""
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import flax.linen as nn
 import jax
@@ -18,6 +22,7 @@ from jaxdrift.models import ChannelReadout
 from jaxdrift.models import layers as L
 from jaxdrift.models.densenet import DenseNet
 from jaxdrift.models.resnet_v2 import ResNetV2
+from tests import xla_env
 from tests.model_fixtures import random_variables
 
 RESNET_TINY = dict(stack_sizes=(2, 2, 2, 2), filters=(8, 16, 32, 64), stem_filters=8,
@@ -215,3 +220,31 @@ def test_cost_counts_the_rank1_update():
               - suffix_fraction(model, "conv4_block2_1_conv", SHAPE))  # its share of the MACs
   assert (plain - rank1["partial_fraction"]) / one_conv == pytest.approx(1 - 1 / 128)
   assert rank1["forward_equivalents"] == pytest.approx(1 + 128 * rank1["partial_fraction"])
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+  import jax, numpy as np
+  import jaxdrift as jd
+  assert jax.device_count() == 8
+  model = jd.models.create("resnetv2_tiny", num_classes=4)
+  from tests.model_fixtures import random_variables
+  v = random_variables(model, (1, 64, 64, 3), seed=3)
+  x = np.asarray(jax.random.uniform(jax.random.key(7), (3, 64, 64, 3), minval=-1, maxval=1))
+  t = np.array([0, 3, 1])  # 3 images: padded to 8 and cut back
+  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  kw = dict(layer="conv3_block2_out", chunk=16, with_aux=True)
+  out = jd.cam.compute(model, v, x, t, "ablationcam", **kw).pre_relu
+  ref = jd.cam.compute(model, v, x, t, "ablationcam", mesh=one, **kw).pre_relu
+  assert out.shape == (3, 8, 8) and np.abs(np.asarray(ref)).max() > 0
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6 * np.abs(np.asarray(ref)).max())
+  print("ok")
+""")
+
+
+def test_rank1_suffix_on_eight_devices_equals_one_device():
+  env = {**os.environ, "XLA_FLAGS": xla_env.flags("--xla_force_host_platform_device_count=8"),
+         "JAX_PLATFORMS": "cpu"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
