@@ -235,8 +235,10 @@ EIGHT_DEVICES = textwrap.dedent("""
   kw = dict(layer="conv3_block2_out", chunk=16, with_aux=True)
   out = jd.cam.compute(model, v, x, t, "ablationcam", **kw).pre_relu
   ref = jd.cam.compute(model, v, x, t, "ablationcam", mesh=one, **kw).pre_relu
-  assert out.shape == (3, 8, 8) and np.abs(np.asarray(ref)).max() > 0
-  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6 * np.abs(np.asarray(ref)).max())
+  assert out.shape == (3, 4, 4) and np.abs(np.asarray(ref)).max() > 0
+  # Per-device batches of other sizes round differently (the plain suffix too: 1.5e-5 of
+  # the largest value here); y - y_k cancels, so compare at 1e-4.
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(np.asarray(ref)).max())
   print("ok")
 """)
 
