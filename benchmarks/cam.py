@@ -23,7 +23,9 @@ process, one checkpoint):
 
 * ablationcam at the canonical layer and at conv4_block6_out vs a per-channel loop of full
   jitted forward passes (channel k zeroed through the layer's perturbation tap), per
-  channel. Target >= 5x: the network before the layer runs once, not once per channel.
+  channel. Target >= 5x: the network before the layer runs once, not once per channel, and
+  at conv4_block6_out the 1x1 convolutions after it are updated by rank one
+  (jaxdrift/cam/suffix.py); --ablation_plain also times the plain suffix there.
 * scorecam vs n plain jitted forward passes of the same batch, n = the channels it scores
   (--scorecam_channels via top_k: a subset on a CPU; the rate per channel is what counts).
   Target <= 1.2x: every masked input needs a full forward pass, so that is the floor.
@@ -33,14 +35,16 @@ ratios are per channel.
 
     python -m benchmarks.cam [--archs densenet201,resnet50v2,inceptionv3] [--batch 8]
         [--size 0 (default per arch)] [--repeats 3] [--eager_images 1] [--layer NAME]
-        [--gradfree_arch resnet50v2 | none] [--scorecam_channels 32]
-        [--ablation_channels 0] [--loop_channels 8] [--chunk 8]
+        [--gradfree_arch resnet50v2 | none] [--gradfree_methods ablationcam,scorecam,...]
+        [--scorecam_channels 32]
+        [--ablation_channels 0] [--ablation_plain] [--loop_channels 8] [--chunk 8]
         [--inner_layer conv4_block6_out]
 
 The last line is JSON with every ratio.
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -139,6 +143,14 @@ def bench(arch, args):
   return ratio, rate / jit_rate, rate / eager_rate
 
 
+def undeclared(model):
+  """The same port without `channel_readouts` declarations (Ablation-CAM's plain suffix)."""
+  cls = type(model)
+  plain = type(f"Undeclared{cls.__name__}", (cls,), {"channel_readouts": lambda self: {}})
+  return plain(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                  if f.init and f.name not in ("parent", "name")})
+
+
 def gradfree_bench(args):
   """Gradient-free methods of one checkpoint vs their baselines (module doc).
 
@@ -161,22 +173,32 @@ def gradfree_bench(args):
   print(f"\ngradient-free, {arch} {size} px, batch {args.batch}, chunk {args.chunk}",
         flush=True)
 
-  def run(method, baseline, layer=None, **options):
-    """(min seconds of the method, min seconds of its baseline, compile seconds)."""
-    fn = lambda: jd.cam.compute(model, variables, x, targets, method, layer=layer,  # noqa
-                                chunk=args.chunk, **options)
+  def run(method, baseline, layer=None, other=None, **options):
+    """(min seconds of the method, min seconds of its baseline, compile seconds, min seconds
+    of the method on the model `other` (None without one)); each round times all of them."""
+    def fn(m=model):
+      return jd.cam.compute(m, variables, x, targets, method, layer=layer, chunk=args.chunk,
+                            **options)
+
     compile_s = timed(fn)
-    ours, base = [], []
+    if other is not None:
+      timed(fn, other)
+    ours, base, others = [], [], []
     for _ in range(args.repeats):
       ours.append(timed(fn))
       base.append(baseline())
-    return min(ours), min(base), compile_s
+      if other is not None:
+        others.append(timed(fn, other))
+    return min(ours), min(base), compile_s, min(others, default=None)
 
   def forward():
     return timed(apply, variables, x)
 
+  methods = args.gradfree_methods.split(",")
   # Ablation-CAM vs a per-channel loop of full forward passes (channel k zeroed by a tap).
   for layer in (jd.models.default_cam_layer(arch), args.inner_layer):
+    if "ablationcam" not in methods:
+      break
     channels = shapes[layer].shape[-1]
     n = min(args.ablation_channels or channels, channels)
     loop_fn = jax.jit(lambda v, x, d, layer=layer: model.apply(
@@ -193,8 +215,12 @@ def gradfree_bench(args):
         jax.block_until_ready(loop_fn(variables, x, d))
       return (time.perf_counter() - start) / args.loop_channels
 
-    t_abl, loop_per_channel, compile_s = run("ablationcam", loop, layer,
-                                             top_k=n if n < channels else None)
+    # With --ablation_plain, the same port without declarations (the plain suffix,
+    # jaxdrift/cam/suffix.py) is timed in the same rounds.
+    plain = (undeclared(model) if args.ablation_plain
+             and layer in getattr(model, "channel_readouts", dict)() else None)
+    t_abl, loop_per_channel, compile_s, t_plain = run(
+        "ablationcam", loop, layer, other=plain, top_k=n if n < channels else None)
     ours = t_abl / n
     frac = jd.cam.cost(model, "ablationcam", layer, image_shape=(size, size, 3))
     ratio = loop_per_channel / ours
@@ -207,6 +233,12 @@ def gradfree_bench(args):
                                    "loop_ms_per_channel": loop_per_channel * 1e3,
                                    "speedup_vs_loop": ratio,
                                    "suffix_mac_fraction": frac["partial_fraction"]}
+    if t_plain is not None:
+      plain_ratio = loop_per_channel / (t_plain / n)
+      print(f"  plain suffix: {t_plain / n * 1e3:7.2f} ms/ch  speed-up {plain_ratio:6.1f}x; "
+            f"rank-one / plain {t_abl / t_plain:5.3f}", flush=True)
+      out[f"ablationcam_{layer}"].update(plain_ms_per_channel=t_plain / n * 1e3,
+                                         plain_speedup_vs_loop=plain_ratio)
 
   # Score-CAM, occlusion and RISE vs the same number of plain forward passes.
   n = args.scorecam_channels
@@ -214,7 +246,9 @@ def gradfree_bench(args):
   for method, passes, options in (("scorecam", n, dict(top_k=n)),
                                   ("occlusion", 16, dict(size=window, stride=window)),
                                   ("rise", n, dict(n_masks=n, key=jax.random.key(0)))):
-    t, t_fwd, compile_s = run(method, forward, **options)
+    if method not in methods:
+      continue
+    t, t_fwd, compile_s, _ = run(method, forward, **options)
     floor = passes * t_fwd
     print(f"{method:11s} {passes:4d} passes/image: {t:7.2f} s vs {passes} x forward "
           f"{t_fwd * 1e3:.0f} ms = {floor:7.2f} s  ratio {t / floor:5.3f}"
@@ -237,12 +271,17 @@ def main(argv=None) -> None:
   parser.add_argument("--checkpoint_map", default="unroll", choices=("unroll", "map", "vmap"))
   parser.add_argument("--gradfree_arch", default="resnet50v2",
                       help="architecture of the gradient-free section ('none': skip it)")
+  parser.add_argument("--gradfree_methods", default="ablationcam,scorecam,occlusion,rise",
+                      help="the gradient-free methods to measure (comma-separated)")
   parser.add_argument("--inner_layer", default="conv4_block6_out",
                       help="the inner layer of the Ablation-CAM measurement")
   parser.add_argument("--scorecam_channels", type=int, default=32,
                       help="channels Score-CAM scores (top_k; also RISE's masks)")
   parser.add_argument("--ablation_channels", type=int, default=0,
                       help="channels Ablation-CAM ablates (top_k; 0: all)")
+  parser.add_argument("--ablation_plain", action="store_true",
+                      help="also time Ablation-CAM's plain suffix where the port declares a "
+                           "rank-one readout (the port without its declarations)")
   parser.add_argument("--loop_channels", type=int, default=8,
                       help="channels of the per-channel baseline loop")
   parser.add_argument("--chunk", type=int, default=8,

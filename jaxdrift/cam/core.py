@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift import distributed
-from jaxdrift.cam import checks, gradfree, input_grads, methods as weightings, occlusion, rise
+from jaxdrift.cam import (checks, gradfree, input_grads, methods as weightings, occlusion, rise,
+                          suffix)
 from jaxdrift.cam.checks import (CAM_METHODS, GRADFREE_METHODS, INPUT_METHODS, LAYER_METHODS,
                                  PIXEL_METHODS)
 from jaxdrift.models.layers import PERTURBATIONS, REPLACEMENTS, TAPS
@@ -117,28 +118,6 @@ def _capture(model, variables, images):
   return logits, state.get(TAPS, {}).get("layers", {})  # none: a model without taps
 
 
-def _suffix_fn(model, variables, images, layer, taps):
-  """The network after `layer`, run on c ablations of each image's activation at once.
-
-  Every layer before `layer` (model order) is replaced by its output from `taps`, computed
-  once; the computation that produced them is then dead code in the suffix and XLA drops it.
-  Returns ablated [B, c, h, w, K] -> logits [B, c, classes] (one pass of B x c inputs).
-  """
-  _, shapes = checks.model_info(model, tuple(images.shape[1:]))
-  order = list(shapes)
-  before = order[:order.index(layer)]
-
-  def suffix(ablated):
-    b, c = ablated.shape[:2]
-    replaced = {n: jnp.repeat(taps[n], c, axis=0) for n in before}  # image-major, like b * c
-    replaced[layer] = ablated.reshape((b * c,) + ablated.shape[2:])
-    logits = model.apply({**variables, REPLACEMENTS: replaced}, jnp.repeat(images, c, axis=0),
-                         train=False)
-    return logits.reshape(b, c, -1)
-
-  return suffix
-
-
 def _gradfree_name(method, opts):
   name = f"{method}/{opts['score']}" if "score" in opts else method
   return name + (f"/top{opts['top_k']}" if opts.get("top_k") is not None else "")
@@ -155,8 +134,8 @@ def _gradfree_result(request, model, variables, images, weights, layers, logits,
                                   top_k=opts["top_k"], chunk=opts["chunk"], grid=grid)
   elif request.method == "ablationcam":
     layer = layers[0]
-    suffix = _suffix_fn(model, variables, images, layer, taps)
-    pre, _, _ = gradfree.ablationcam(suffix, taps[layer], logits, weights, top_k=opts["top_k"],
+    fn = suffix.suffix_fn(model, variables, images, layer, taps)
+    pre, _, _ = gradfree.ablationcam(fn, taps[layer], logits, weights, top_k=opts["top_k"],
                                      chunk=opts["chunk"])
   elif request.method == "occlusion":
     layer = "input"

@@ -5,7 +5,9 @@
 Counts come from the method's definition and options, and the share of the network that runs
 after a layer from the multiply-accumulates (MACs) of its convolutions and its Dense layer,
 read from shapes only (`jax.eval_shape`, nothing is computed). A backward pass is counted as
-two forward passes of the part it crosses.
+two forward passes of the part it crosses. Ablation-CAM's suffix counts the 1x1 convolutions
+that it updates by rank one (`jaxdrift.cam.suffix`, where the port declares them) at their
+rank-one cost.
 """
 
 import math
@@ -13,7 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxdrift.cam import checks, occlusion
+from jaxdrift.cam import checks, occlusion, suffix
 
 
 def _macs(model, image_shape):
@@ -33,15 +35,24 @@ def _macs(model, image_shape):
   return out
 
 
-def suffix_fraction(model, layer: str, image_shape) -> float:
+def suffix_fraction(model, layer: str, image_shape, rank1=()) -> float:
   """Share of the network's MACs in the layers after `layer` (model order): the part that
-  Ablation-CAM runs once per channel and a CAM's backward pass crosses."""
-  _, shapes = checks.model_info(model, tuple(image_shape))
+  Ablation-CAM runs once per channel and a CAM's backward pass crosses.
+
+  Args:
+    model, layer, image_shape: as in `cost`.
+    rank1: names of 1x1 convolutions after the layer that are replaced by a rank-one update
+      (`jaxdrift.cam.suffix`): each counts h x w x O multiply-adds instead of h x w x K x O.
+  """
+  image_shape = tuple(image_shape)
+  _, shapes = checks.model_info(model, image_shape)
   order = list(shapes)
-  macs = _macs(model, tuple(image_shape))
+  macs = _macs(model, image_shape)
   after = {n for n in order[order.index(layer) + 1:]} | {n for n in macs if n not in shapes}
+  macs_after = {n: (math.prod(shapes[n].shape) if n in rank1 else v)
+                for n, v in macs.items() if n in after}
   total = sum(macs.values())
-  return sum(v for n, v in macs.items() if n in after) / total if total else 0.0
+  return sum(macs_after.values()) / total if total else 0.0
 
 
 def cost(model, method: str, layer=None, image_shape=(224, 224, 3), **options) -> dict:
@@ -58,7 +69,8 @@ def cost(model, method: str, layer=None, image_shape=(224, 224, 3), **options) -
   Returns:
     {"method", "layer", "full_passes": forward passes of the whole network,
      "partial_passes": passes of the network after the layer (Ablation-CAM),
-     "partial_fraction": that part's share of the MACs (0 where unused),
+     "partial_fraction": that part's share of the MACs (0 where unused; for Ablation-CAM
+       with the rank-one updates of `jaxdrift.cam.suffix` counted as such),
      "backward_passes": backward passes through the whole network (input methods),
      "forward_equivalents": all of it in forward passes of the whole network}.
   """
@@ -76,7 +88,10 @@ def cost(model, method: str, layer=None, image_shape=(224, 224, 3), **options) -
   if name == "scorecam":
     full += channels
   elif name == "ablationcam":
-    partial, fraction = channels, suffix_fraction(model, layers[0], image_shape)
+    readout = suffix.checked_readout(model, layers[0], image_shape)
+    partial = channels
+    fraction = suffix_fraction(model, layers[0], image_shape,
+                               readout.convs if readout is not None else ())
   elif name == "occlusion":
     full += occlusion.n_windows(image_shape, opts["size"], opts["stride"])
   elif name == "rise":

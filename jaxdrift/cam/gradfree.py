@@ -20,8 +20,9 @@ score(.) is the target LOGIT (sum_c weight_c logit_c) by default, or with
 score="probability" the softmax confidence sum_c weight_c softmax(logits)_c, as in the
 Score-CAM paper. Ablation-CAM always uses the logit (its paper's definition). Ablation-CAM
 runs the network before the layer ONCE: the caller passes `suffix_fn`, the network from the
-layer on (see `core.py`, which replaces the layer and every earlier layer with values
-computed once, `jaxdrift.models.layers.REPLACEMENTS`).
+layer on (`jaxdrift.cam.suffix`: the layer and every earlier layer replaced with values
+computed once, and where the port declares it, the 1x1 convolutions right after the layer
+updated by rank one).
 
 `top_k` keeps, per image, the k channels with the largest spatial standard deviation of A
 (tf-keras-vis's ScoreCAM `max_N` rule; ties: the lower channel index), and the others get
@@ -166,9 +167,9 @@ def ablationcam(suffix_fn, acts, logits, weights, *, top_k=None, chunk: int = 16
   """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y - y_k) / y, channel k zeroed.
 
   Args:
-    suffix_fn: the network after the layer: ablated activations [B, c, h, w, K] (c ablations
-      of each image's A) -> logits [B, c, classes]. The part before the layer must not be
-      recomputed inside it (see the module doc).
+    suffix_fn: the network after the layer: channels [B, c] int32 (c ablations of each
+      image's A, channel channels[b, j] zeroed in ablation j) -> logits [B, c, classes]
+      (`jaxdrift.cam.suffix`). The part before the layer must not be recomputed inside it.
     acts: the layer's activations [B, h, w, K].
     logits: the unablated logits [B, classes] (y is their target score).
     weights: [B, classes] logit weights of the targets.
@@ -179,13 +180,9 @@ def ablationcam(suffix_fn, acts, logits, weights, *, top_k=None, chunk: int = 16
     (pre-ReLU map [B, h, w], channel weights [B, k], channels [B, k]).
   """
   channels = select_channels(acts, top_k)
-  k = acts.shape[-1]
 
   def chunk_scores(ks):
-    ablate = channels[:, ks]  # [B, c]
-    keep = jnp.arange(k, dtype=jnp.int32)[None, None, :] != ablate[:, :, None]
-    ablated = acts[:, None] * keep[:, :, None, None, :].astype(acts.dtype)
-    return target_scores(suffix_fn(ablated), weights[:, None, :])
+    return target_scores(suffix_fn(channels[:, ks]), weights[:, None, :])
 
   ablated_scores = map_chunks(chunk_scores, channels.shape[1], chunk)  # y_k, [B, k]
   y = target_scores(logits, weights)[:, None]

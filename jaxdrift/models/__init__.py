@@ -11,6 +11,7 @@ from jaxdrift.models.inception_v3 import InceptionV3, InceptionV3Tiny
 from jaxdrift.models.keras_h5 import (WeightFileError, load_keras_h5, read_keras_h5,
                                       save_keras_h5)
 from jaxdrift.models.pretrained import pretrained, weights_url
+from jaxdrift.models.readouts import ChannelReadout
 from jaxdrift.models.registry import (ARCHS, SPECS, TINY, ArchSpec, cam_grid,
                                       default_cam_layer, default_input_size, preprocess, spec)
 from jaxdrift.models.resnet_v2 import ResNet50V2, ResNetV2, ResNetV2Tiny

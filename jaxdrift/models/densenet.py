@@ -10,6 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from jaxdrift.models import layers as L
+from jaxdrift.models.readouts import ChannelReadout
 
 _EPS = 1.001e-5
 
@@ -47,6 +48,27 @@ class DenseNet(L.KerasApplication):
     x = self._bn_relu(x, name, train)
     x = L.conv(self, x, x.shape[-1] // 2, 1, f"{name}_conv", use_bias=False, dtype=self.dtype)
     return L.avg_pool(self, x, 2, 2, f"{name}_pool")
+
+  def channel_readouts(self) -> dict[str, ChannelReadout]:
+    """{layer: readout} of the outputs that feed a conv block or a transition
+    (`jaxdrift.models.readouts`).
+
+    A conv block and a transition both start with BN and ReLU (per channel) read by one 1x1
+    convolution (`_1_conv`, `poolN_conv`); a conv block's input also feeds its concatenation
+    directly, which the declaration allows. So pool1, every transition's pool and every
+    concatenation but the last (read by bn, relu and the head) qualify.
+    """
+    out = {}
+    layer = "pool1"
+    for stage, blocks in enumerate(self.blocks):
+      for i in range(blocks):
+        name = f"conv{stage + 2}_block{i + 1}"
+        out[layer] = ChannelReadout(f"{name}_0_relu", (f"{name}_1_conv",))
+        layer = f"{name}_concat"
+      if stage < len(self.blocks) - 1:
+        out[layer] = ChannelReadout(f"pool{stage + 2}_relu", (f"pool{stage + 2}_conv",))
+        layer = f"pool{stage + 2}_pool"
+    return out
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -10,6 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from jaxdrift.models import layers as L
+from jaxdrift.models.readouts import ChannelReadout
 
 _EPS = 1.001e-5
 
@@ -50,6 +51,23 @@ class ResNetV2(L.KerasApplication):
     y = L.relu(self, bn(y, f"{name}_2_bn"), f"{name}_2_relu")
     y = conv(y, 4 * filters, 1, f"{name}_3_conv")
     return L.tap(self, f"{name}_out", shortcut + y)
+
+  def channel_readouts(self) -> dict[str, ChannelReadout]:
+    """{layer: readout} of the outputs that feed a block (`jaxdrift.models.readouts`).
+
+    Each block starts with preact_bn and preact_relu (per channel) read by its 1x1
+    convolutions: `_1_conv`, and in the first block of a stage the shortcut `_0_conv`
+    (stride 1: Keras puts the stride in a stage's last block). The block's input also feeds
+    the shortcut of the other blocks directly, which the declaration allows. So pool1_pool
+    and every block output but the last (read by post_bn, post_relu and the head) qualify.
+    """
+    blocks = [f"conv{stage + 2}_block{i + 1}"
+              for stage, n in enumerate(self.stack_sizes) for i in range(n)]
+    inputs = ["pool1_pool"] + [f"{name}_out" for name in blocks[:-1]]
+    return {layer: ChannelReadout(
+        f"{name}_preact_relu",
+        (f"{name}_0_conv", f"{name}_1_conv") if name.endswith("_block1") else
+        (f"{name}_1_conv",)) for layer, name in zip(inputs, blocks)}
 
   @nn.compact
   def __call__(self, x, train: bool = False):
