@@ -35,6 +35,7 @@ game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import math
 import numbers
 import pathlib
@@ -47,7 +48,8 @@ import numpy as np
 
 from jaxdrift import cam, data, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import drift_device, drift_nulls, epoch_drift, faithfulness_stage, results
+from jaxdrift.study import (drift_device, drift_methods, drift_nulls, epoch_drift,
+                            faithfulness_stage, results)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,9 @@ class DriftConfig:
       run the sanity checks on the FT checkpoint (aggregates.json "sanity"); see
       docs/faithfulness.md.
     faithfulness_steps: perturbation steps of each deletion / insertion curve.
+    method_options: {method: {option: value}} over the stage's defaults for that method
+      (`drift_methods`: e.g. {"rise": {"n_masks": 1000}}, {"occlusion": {"size": 16}});
+      options of `jd.cam.compute`, no arrays.
   """
 
   methods: tuple = ("layercam", "gradcam++")
@@ -93,6 +98,7 @@ class DriftConfig:
   pointing_tolerance: float = 15 / 224
   faithfulness: bool = False
   faithfulness_steps: int = 50
+  method_options: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     """Raises ValueError naming a bad field, what it must be and what it is."""
@@ -109,6 +115,7 @@ class DriftConfig:
       if len(set(values)) < len(values):
         raise ValueError(f"{name} must name each entry once, got {list(values)}; drop the "
                          "repeated ones")
+    drift_methods.check_methods(self.methods, self.method_options)
     for name, choices in (("selection", tuple(_SELECTION_NEEDS)), ("epochs", ("final", "all"))):
       if getattr(self, name) not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -215,6 +222,10 @@ def _outputs(workdir: pathlib.Path, config: DriftConfig):
   if not config.faithfulness:  # the manifests of stages run before these options existed
     for name in ("faithfulness", "faithfulness_steps"):
       del manifest[name]
+  if config.method_options:  # as JSON reads it back (tuples become lists)
+    manifest["method_options"] = json.loads(json.dumps(config.method_options))
+  else:
+    del manifest["method_options"]
   return paths, manifest, out_dir / "manifest.json"
 
 
@@ -240,8 +251,8 @@ class Stage:
   tl_vars: dict
   ft_vars: dict
   run_config: dict
-  layers: list  # resolved Keras layer names
-  spec_of: dict  # resolved name -> the name asked for ("canonical", ...)
+  layers: list  # resolved Keras layer names, then "input" with input-resolution methods
+  spec_of: dict  # resolved name -> the name asked for ("canonical", ...; "input")
   placement: dict  # layer -> `metrics.drift` keywords (resolution, grid)
   source: Any
   mesh: Any
@@ -257,8 +268,15 @@ class Stage:
 
   @property
   def keys(self) -> list:
-    """(method, layer) pairs, method-major: the order of every per-map table."""
-    return [(m, l) for m in self.config.methods for l in self.layers]
+    """(method, layer) pairs, method-major: the order of every per-map table. A CAM method
+    has a map at every CAM layer, an input-resolution method at "input" only."""
+    cam_layers = [l for l in self.layers if l != drift_methods.INPUT]
+    return [(m, l) for m in self.config.methods
+            for l in drift_methods.layers_of(m, cam_layers)]
+
+  def methods_at(self, layer: str) -> tuple:
+    """The config's methods that give maps at `layer`, in the config's order."""
+    return tuple(m for m, l in self.keys if l == layer)
 
   def host_batches(self):
     """The split's batches on the host, in order, padded to the stage's batch size."""
@@ -286,18 +304,26 @@ def open_stage(workdir, config: DriftConfig, data_dir=None, clock=None) -> Stage
     size = run_config["input_size"]
     input_shape = (1, size, size, 3)
     shapes = models.layer_shapes(model, input_shape)
-    layers = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
+    resolved = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
+    spec_of = dict(zip(resolved, config.layers))
+    layers = resolved if any(not drift_methods.is_input_method(m)
+                             for m in config.methods) else []
+    if any(drift_methods.is_input_method(m) for m in config.methods):
+      layers.append(drift_methods.INPUT)
+      spec_of[drift_methods.INPUT] = drift_methods.INPUT
     source = data.load(run_config["data"], config.split,
                        data_dir=data_dir or run_config.get("data_dir"),
                        **run_config.get("data_options", {}))
     mesh = data.default_mesh()
     shards = mesh.shape["data"]
-    attribution = drift_device.Attribution(model, layers, config.methods,
-                                           run_config["num_classes"], mesh)
+    attribution = drift_device.Attribution(
+        model, layers, config.methods, run_config["num_classes"], mesh,
+        {m: drift_methods.options(m, size, config.method_options) for m in config.methods},
+        config.seed)
     tl_vars, ft_vars = attribution.place(tl_vars), attribution.place(ft_vars)
   return Stage(
       workdir=workdir, config=config, model=model, tl_vars=tl_vars, ft_vars=ft_vars,
-      run_config=run_config, layers=layers, spec_of=dict(zip(layers, config.layers)),
+      run_config=run_config, layers=layers, spec_of=spec_of,
       placement={layer: _placement(run_config["model_arch"], shapes, layer, size, config)
                  for layer in layers},
       source=source, mesh=mesh,
@@ -335,7 +361,7 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
     for layer in stage.layers:
       by_method, flag = out[layer]
       finite.append(flag)
-      for method in config.methods:
+      for method in stage.methods_at(layer):
         cols = by_method[method]
         extra = cols["extra"]
         row = results.subset(cols["drift"], keep)
@@ -413,7 +439,7 @@ def host_statistics(stage: Stage, table: dict, manifest: dict) -> dict:
   out = {
       "arch": stage.run_config["arch"], "model_arch": stage.run_config["model_arch"],
       "config": manifest, "class_names": stage.run_config["class_names"],
-      "input_size": stage.size, "layers": dict(zip(config.layers, stage.layers)),
+      "input_size": stage.size, "layers": {stage.spec_of[l]: l for l in stage.layers},
       "summary": stats.summarize(table, metrics=metric_names, selection=config.selection,
                                  seed=config.seed),
       "method_tests": stats.compare_methods(table, metrics=metric_names,
@@ -440,14 +466,38 @@ def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None,
 
 def sanity_checks(stage: Stage, collected: Collected) -> dict:
   """aggregates.json "sanity": `faithfulness_stage.sanity` on the FT checkpoint, with the
-  null images (the first `null_samples` images of the split) and their true classes."""
-  key = jax.random.fold_in(jax.random.key(stage.config.seed), _SANITY_STREAM)
+  null images (the first `null_samples` images of the split) and their true classes, for
+  every (method, layer) of the stage with its options (RISE's and SmoothGrad's key:
+  `drift_methods.sanity_key`)."""
+  config = stage.config
+  key = jax.random.fold_in(jax.random.key(config.seed), _SANITY_STREAM)
+  options = {m: drift_methods.options(m, stage.size, config.method_options)
+             for m in config.methods}
+  for m in drift_methods.RANDOM_METHODS:
+    if m in options:
+      options[m]["key"] = drift_methods.sanity_key(config.seed)
   return faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
-                                   collected.null_labels, stage.config.methods, stage.layers,
-                                   key=key, mesh=stage.mesh)
+                                   collected.null_labels, config.methods, stage.layers,
+                                   key=key, mesh=stage.mesh, keys=stage.keys,
+                                   options=options)
 
 
 _SANITY_STREAM = 22  # the sanity checks' own random stream, apart from the nulls' keys
+
+
+def stage_cost(stage: Stage, show: bool = False) -> dict:
+  """aggregates.json "cost": `jd.cam.cost` of every method of the stage, forward-pass
+  equivalents per image (`drift_methods.costs`); with `show`, one line per method and
+  layer on stdout ("rise: 4,001 forward passes per image x 2 checkpoints x 200 images"),
+  printed before the stage's long part. The nulls and, with epochs="all", every per-epoch
+  checkpoint run the same methods on more images."""
+  cost = drift_methods.costs(stage.model, stage.keys, stage.size,
+                             stage.config.method_options, len(stage.source))
+  if show:
+    several = sum(l != drift_methods.INPUT for l in stage.layers) > 1
+    for method, layer in stage.keys:
+      print(drift_methods.cost_line(method, layer, cost[method][layer], several), flush=True)
+  return cost
 
 
 def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
@@ -474,6 +524,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   clock = drift_device.StageClock()
   with clock.watching_compiles():
     stage = open_stage(workdir, config, data_dir, clock)
+    with clock.part("host"):
+      cost = stage_cost(stage, progress)
     collected = collect(stage, progress)
     with clock.part("host"):
       table, selected = tabulate(stage, collected)
@@ -502,6 +554,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       with clock.part("host"):
         aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs,
                                sanity)
+        aggregates["cost"] = cost
     with clock.part("write"):
       results.write_json(aggregates, paths["aggregates"])
       results.write_json(manifest, done)
@@ -513,6 +566,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
 def _placement(arch, shapes, layer, size, config) -> dict:
   """`metrics.drift` keywords that put a layer's map on the input image: its resolution and,
   for a layer on the canonical feature map's grid, the network's cell centres."""
+  if layer == drift_methods.INPUT:  # one cell per pixel: the identity placement
+    return dict(resolution=(size, size), grid=drift_methods.INPUT_GRID)
   canonical = shapes[models.default_cam_layer(arch)].shape[1:3]
   on_grid = config.grid == "network" and shapes[layer].shape[1:3] == canonical
   return dict(resolution=(size, size), grid=models.cam_grid(arch, size) if on_grid else None)
