@@ -14,8 +14,8 @@ the input is the identity and the metrics, localisation and figures read the map
 
 Options (the stage's defaults, overridden per method by `DriftConfig.method_options`):
   occlusion: size = round(32 * S / 224) pixels, stride = size // 2 of that default
-    (32 and 16 at S = 224 px, `jd.cam`'s own defaults; the same 13 x 13 windows at every
-    input size S), baseline "zero" (0 in the model's input units), score "logit";
+    (32 and 16 at S = 224 px, `jd.cam`'s own defaults: 13 x 13 windows; 12 to 14 per side
+    at other sizes), baseline "zero" (0 in the model's input units), score "logit";
   rise: n_masks=4000, s=7, p=0.5 (the paper's for ResNet-50), score "logit";
   every other method: `jd.cam`'s defaults (e.g. scorecam over every channel).
 
@@ -25,7 +25,9 @@ every epoch and the nulls, whatever the batch an image falls in, so reruns are
 byte-identical and the drift between two checkpoints is never the masks' doing.
 
 Cost: `costs` gives `jd.cam.cost` of every (method, layer) of a stage, forward-pass
-equivalents per image; `cost_line` the line `run_drift` prints before its long part.
+equivalents per image; `cost_line` the line `run_drift` prints before its long part
+(`stage_costs`), on stdout like the pipeline's other lines: jaxdrift's own output, which
+the quiet console (`jaxdrift._console`) leaves alone, shown with `progress`.
 """
 
 import json
@@ -120,12 +122,6 @@ def _fold_in_each(base, index):
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base, index)
 
 
-def sanity_key(seed: int):
-  """The key of the random methods' masks and noise in the sanity checks (one key; `jd.cam`
-  gives image b of a call the key fold_in(key, b))."""
-  return jax.random.fold_in(jax.random.key(seed), MASK_STREAM)
-
-
 def costs(model, keys, input_size: int, method_options, images: int) -> dict:
   """`jd.cam.cost` of each (method, layer) of a stage.
 
@@ -160,3 +156,17 @@ def cost_line(method: str, layer: str, entry: dict, several_layers: bool) -> str
   where = f" at {layer}" if several_layers and layer != INPUT else ""
   return (f"{method}{where}: {shown} forward passes per image x {entry['checkpoints']} "
           f"checkpoints x {entry['images']:,} images")
+
+
+def stage_costs(stage, show: bool = False) -> dict:
+  """aggregates.json "cost" of a drift stage (`drift_stage.Stage`): `costs` of its (method,
+  layer) pairs over its split; with `show`, one `cost_line` per pair on stdout, which
+  `run_drift` prints before its long part. The nulls and, with epochs="all", every
+  per-epoch checkpoint run the same methods on more images."""
+  cost = costs(stage.model, stage.keys, stage.size, stage.config.method_options,
+               len(stage.source))
+  if show:
+    several = sum(l != INPUT for l in stage.layers) > 1
+    for method, layer in stage.keys:
+      print(cost_line(method, layer, cost[method][layer], several), flush=True)
+  return cost

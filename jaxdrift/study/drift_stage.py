@@ -13,15 +13,20 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
                             against the previous epoch ("previous")
   DIR/drift/aggregates.json summaries (count, invalid counts, mean, sd, median, IQR,
                             bootstrap CI) per method x layer x class, method comparisons,
-                            null baselines, localisation hit rates, TL/FT test metrics
-                            and, with faithfulness, the FT checkpoint's sanity checks
+                            null baselines, localisation hit rates, TL/FT test metrics,
+                            each method's cost per image ("cost", also printed before the
+                            long part) and, with faithfulness, the FT checkpoint's sanity
+                            checks
   DIR/drift/examples.npz    a few selected images per class with both maps, for figures
   DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
                             configuration does nothing
 
   DIR/drift/timings.json    the stage's seconds: compile, input, device, host, write, total
 
-The test split runs once through both checkpoints per layer: the program of
+CAM methods give a map at each layer; input-resolution methods (occlusion, RISE, integrated
+gradients, SmoothGrad) one map per image at the layer "input", one cell per pixel (see
+`drift_methods` for their options and keys). The test split runs once through both
+checkpoints per layer: the program of
 `jd.cam.compute_pair` returns the logits (so the predictions) and every method's maps, and
 the metrics, the localisation and the nulls run on the device too, batch by batch, with the
 host one batch behind (`drift_device`). Per-epoch checkpoints are restored ahead in a
@@ -57,7 +62,7 @@ class DriftConfig:
   """Choices of the drift stage (stored in DIR/drift/manifest.json).
 
   Attributes:
-    methods: attribution methods (see `jaxdrift.cam.METHODS`).
+    methods: attribution methods (see `jaxdrift.cam.METHODS`; all but expected_gradients).
     layers: "canonical" (the last feature map, `default_cam_layer`), "last_conv" (the last
       Conv2D layer, what "seek the last conv" tools pick) or Keras layer names.
     selection: samples entering the statistics: "both" (true class = arg-max of both
@@ -467,42 +472,36 @@ def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None,
 def sanity_checks(stage: Stage, collected: Collected) -> dict:
   """aggregates.json "sanity": `faithfulness_stage.sanity` on the FT checkpoint, with the
   null images (the first `null_samples` images of the split) and their true classes, for
-  every (method, layer) of the stage with its options (RISE's and SmoothGrad's key:
-  `drift_methods.sanity_key`)."""
+  every (method, layer) of the stage with its options. RISE and SmoothGrad are left out
+  (listed under "skipped"): `jd.faithfulness.parameter_randomization` takes `key` for
+  its re-initialisation and cannot pass their mask / noise key on to `jd.cam`."""
   config = stage.config
   key = jax.random.fold_in(jax.random.key(config.seed), _SANITY_STREAM)
   options = {m: drift_methods.options(m, stage.size, config.method_options)
              for m in config.methods}
-  for m in drift_methods.RANDOM_METHODS:
-    if m in options:
-      options[m]["key"] = drift_methods.sanity_key(config.seed)
-  return faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
-                                   collected.null_labels, config.methods, stage.layers,
-                                   key=key, mesh=stage.mesh, keys=stage.keys,
-                                   options=options)
+  keys = [k for k in stage.keys if k[0] not in drift_methods.RANDOM_METHODS]
+  skipped = sorted({m for m, _ in stage.keys} & set(drift_methods.RANDOM_METHODS))
+  out = faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
+                                  collected.null_labels, config.methods, stage.layers,
+                                  key=key, mesh=stage.mesh, keys=keys, options=options)
+  if skipped:
+    out["skipped"] = skipped
+  return out
 
 
 _SANITY_STREAM = 22  # the sanity checks' own random stream, apart from the nulls' keys
 
 
-def stage_cost(stage: Stage, show: bool = False) -> dict:
-  """aggregates.json "cost": `jd.cam.cost` of every method of the stage, forward-pass
-  equivalents per image (`drift_methods.costs`); with `show`, one line per method and
-  layer on stdout ("rise: 4,001 forward passes per image x 2 checkpoints x 200 images"),
-  printed before the stage's long part. The nulls and, with epochs="all", every per-epoch
-  checkpoint run the same methods on more images."""
-  cost = drift_methods.costs(stage.model, stage.keys, stage.size,
-                             stage.config.method_options, len(stage.source))
-  if show:
-    several = sum(l != drift_methods.INPUT for l in stage.layers) > 1
-    for method, layer in stage.keys:
-      print(drift_methods.cost_line(method, layer, cost[method][layer], several), flush=True)
-  return cost
-
-
 def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
               progress: bool = True) -> dict:
   """Runs the drift stage on a training workdir (see the module docstring).
+
+  Args:
+    workdir: a training run's directory.
+    config: the stage's choices.
+    data_dir: TFDS data directory (default: the run's).
+    progress: print each method's cost per image (one line each, `drift_methods.cost_line`)
+      before the long part, and show a progress bar.
 
   Returns:
     {"samples": path, "aggregates": path, "examples": path, "epochs": path or None,
@@ -525,7 +524,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   with clock.watching_compiles():
     stage = open_stage(workdir, config, data_dir, clock)
     with clock.part("host"):
-      cost = stage_cost(stage, progress)
+      cost = drift_methods.stage_costs(stage, progress)
     collected = collect(stage, progress)
     with clock.part("host"):
       table, selected = tabulate(stage, collected)
