@@ -100,7 +100,7 @@ def test_pair_programs_equal_compute_pair_drift_and_localize():
   lesion = np.zeros((4, 16, 16), bool)
   lesion[:, 2:7, 9:14] = True
   host = {"image": x, "label": labels, "mask": np.array([True, True, True, False]),
-          "lesion_mask": lesion}
+          "lesion_mask": lesion, "index": np.arange(4)}
   clock = drift_device.StageClock()
   (_, batch), = drift_device.device_batches([host], mesh, 4, clock)
   maps, finite = attribution.pair("relu2", tl, ft, batch)
@@ -121,7 +121,9 @@ def test_pair_programs_equal_compute_pair_drift_and_localize():
     loc = jd.metrics.localize(ft_maps, lesion, tolerance=2.0, **PLACEMENT)
     for k in ("pointing_game", "energy_inside", "mask_iou"):
       np.testing.assert_allclose(out[method]["localization"][f"ft_{k}"], loc[k], rtol=1e-5)
-  program = jd.cam.program(model, ("relu2",), attribution.requests, True, "unroll")
+  program = attribution.program("relu2", True)
+  assert program is jd.cam.program(model, ("relu2",), jd.cam.checks.requests(METHODS, {}),
+                                   True, "unroll")
   sizes = (program._cache_size(), pair._cache_size(), step.jitted._cache_size())
   (_, batch), = drift_device.device_batches([{**host, "image": -x}], mesh, 4, clock)
   maps, _ = attribution.pair("relu2", tl, ft, batch)

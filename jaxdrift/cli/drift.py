@@ -1,12 +1,16 @@
 """Drift stage: maps of the TL and FT checkpoints, every drift metric, nulls, localisation.
 
     jaxdrift drift --workdir runs/resnet50v2 [--methods layercam,gradcam++]
+        [--method-options rise.n_masks=1000,occlusion.size=16]
         [--layers canonical,last_conv|NAMES] [--select both|ft|tl|all] [--epochs final|all]
         [--split test] [--faithfulness [--faithfulness-steps 50]]
 
-Writes DIR/drift/ (see jaxdrift.study.drift_stage); a rerun with the same options does
-nothing. Every option is checked (`jaxdrift.study.DriftConfig`) before anything is read or
-written.
+Methods: every jaxdrift.cam method with one map per image: CAM methods at each of --layers,
+occlusion, rise, integrated_gradients and smoothgrad at the input's resolution (layer
+"input"). Before the long part, one line per method gives its cost per image
+(jd.cam.cost). Writes DIR/drift/ (see jaxdrift.study.drift_stage); a rerun with the same
+options does nothing. Every option is checked (`jaxdrift.study.DriftConfig`) before
+anything is read or written.
 """
 
 import os
@@ -19,8 +23,11 @@ def add_arguments(p) -> None:
   # The defaults equal DriftConfig()'s (tested), written out so that --help stays instant.
   p.add_argument("--workdir", required=True, help="a training run's directory")
   p.add_argument("--methods", default="layercam,gradcam++",
-                 help="comma-separated attribution methods (jaxdrift.cam.METHODS) "
-                      "(default: %(default)s)")
+                 help="comma-separated attribution methods (jaxdrift.cam.METHODS, e.g. "
+                      "layercam,gradcam++,scorecam,occlusion,rise) (default: %(default)s)")
+  p.add_argument("--method-options", default="",
+                 help="comma-separated METHOD.OPTION=VALUE over the stage's defaults, e.g. "
+                      "rise.n_masks=1000,occlusion.size=16 (see docs/gradient_free.md)")
   p.add_argument("--layers", default="canonical",
                  help="comma-separated: canonical (last feature map), last_conv, or Keras "
                       "layer names (default: %(default)s)")
@@ -62,12 +69,39 @@ def add_faithfulness_arguments(p) -> None:
                       "(default: %(default)s)")
 
 
+def _value(text: str):
+  """An option's value: an int, a float, None ("none"), or the text itself."""
+  if text.lower() in ("none", "null"):
+    return None
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def method_options(text: str) -> dict:
+  """{method: {option: value}} of "rise.n_masks=1000,occlusion.size=16" (raises ValueError
+  naming the malformed entry)."""
+  out = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, eq, value = item.partition("=")
+    method, dot, option = name.partition(".")
+    if not (eq and dot and method and option and value):
+      raise ValueError(f"--method-options entries are METHOD.OPTION=VALUE, got {item!r}; "
+                       "e.g. rise.n_masks=1000")
+    out.setdefault(method.strip(), {})[option.strip()] = _value(value.strip())
+  return out
+
+
 def config(args):
   """The DriftConfig of parsed arguments (raises ValueError for a bad option)."""
   from jaxdrift import study
 
   return study.DriftConfig(
       methods=tuple(args.methods.split(",")), layers=tuple(args.layers.split(",")),
+      method_options=method_options(args.method_options),
       selection=args.select, epochs=args.epochs, split=args.split,
       batch_size=args.batch_size, null_samples=args.null_samples, seed=args.seed,
       grid=args.grid, pointing_tolerance=args.pointing_tolerance,

@@ -86,11 +86,12 @@ def load_runs(workdirs) -> list[dict]:
 
 def combined_table(runs) -> dict:
   """One table over all runs. Layers are compared by their specification ("canonical" is
-  relu / post_relu / mixed10 depending on the architecture); with several, methods are
-  named "method@spec"."""
+  relu / post_relu / mixed10 depending on the architecture); with several CAM layers,
+  methods are named "method@spec". Input-resolution methods (occlusion, RISE: layer
+  "input") keep their names beside one CAM layer."""
   common = [k for k in runs[0]["table"] if all(k in r["table"] for r in runs)]
   table = results.concat([{k: r["table"][k] for k in common} for r in runs])
-  if len(set(table["layer_spec"])) > 1:
+  if len(set(table["layer_spec"]) - {"input"}) > 1:
     table["method"] = np.array(
         [f"{m}@{l}" for m, l in zip(table["method"], table["layer_spec"])], object)
   return table

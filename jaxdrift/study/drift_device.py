@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdrift import cam, distributed, metrics
-from jaxdrift.study import faithfulness_stage
+from jaxdrift.study import drift_methods, faithfulness_stage
 
 # Where the compile time of a program goes: tracing, lowering, XLA (or the cache's read).
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -155,17 +155,26 @@ class Attribution:
 
   Args:
     model: the Flax model.
-    layers: resolved layer names.
-    methods: method names (`jd.cam.METHODS`).
+    layers: the stage's layers: resolved CAM layer names and/or "input"
+      (`drift_methods.INPUT`), where the input-resolution methods run.
+    methods: method names (`jd.cam.METHODS`); each runs at `drift_methods.layers_of`.
     num_classes: logits of the model.
     mesh: the stage's mesh ("data" axis).
+    options: {method: static `jd.cam.compute` options} (`drift_methods.options`).
+    seed: the stage's seed; RISE and SmoothGrad draw image i's masks or noise from
+      `drift_methods.image_keys(seed, i)`, i its index in the split (batch "index").
   """
 
-  def __init__(self, model, layers, methods, num_classes, mesh):
+  def __init__(self, model, layers, methods, num_classes, mesh, options=None, seed=0):
     self.model, self.layers, self.methods = model, tuple(layers), tuple(methods)
-    self.num_classes, self.mesh = num_classes, mesh
-    self.requests = cam.checks.requests(self.methods, {})
-    self._dynamic = None
+    self.num_classes, self.mesh, self.seed = num_classes, mesh, seed
+    options = options or {}
+    cam_layers = [l for l in self.layers if l != drift_methods.INPUT]
+    self.requests = {
+        layer: tuple(r for m in self.methods if layer in drift_methods.layers_of(m, cam_layers)
+                     for r in cam.checks.requests((m,), options.get(m, {})))
+        for layer in self.layers}
+    self._dynamic = {}
 
   def place(self, variables):
     """Variables replicated over the mesh's devices (a no-op on one device)."""
@@ -173,24 +182,35 @@ class Attribution:
       return distributed.place(variables, distributed.replicated(self.mesh))
     return variables
 
-  def _dynamic_of(self, images):
-    if self._dynamic is None:
-      self._dynamic = cam.checks.dynamic_options(self.requests, {}, images)
-    return self._dynamic
+  def program(self, layer, pair: bool):
+    """`jd.cam.program` of every method at `layer` (one checkpoint or both)."""
+    layers = () if layer == drift_methods.INPUT else (layer,)
+    return cam.program(self.model, layers, self.requests[layer], pair, "unroll")
+
+  def dynamic(self, layer, batch):
+    """The run-time options of the methods at `layer` for a device batch: fixed arrays
+    (computed once) and, for the random methods, the keys of the batch's images."""
+    if layer not in self._dynamic:
+      fixed = [r for r in self.requests[layer] if r.method not in drift_methods.RANDOM_METHODS]
+      self._dynamic[layer] = cam.checks.dynamic_options(fixed, {}, batch["image"])
+    out = dict(self._dynamic[layer])
+    random = [r for r in self.requests[layer] if r.method in drift_methods.RANDOM_METHODS]
+    if random:
+      keys = drift_methods.image_keys(self.seed, batch["index"])
+      out.update({r.name: {"keys": keys} for r in random})
+    return out
 
   def pair(self, layer, tl_vars, ft_vars, batch):
     """Dispatches both checkpoints' maps at `layer` -> ({method: (maps, logits, all_zero)},
     all_finite). Nothing is waited for."""
-    program = cam.program(self.model, (layer,), self.requests, True, "unroll")
-    out, finite = program(tl_vars, ft_vars, batch["image"], batch["weights"],
-                          self._dynamic_of(batch["image"]))
+    out, finite = self.program(layer, True)(tl_vars, ft_vars, batch["image"],
+                                            batch["weights"], self.dynamic(layer, batch))
     return {m: (r.maps, r.logits, r.all_zero) for m, r in out.items()}, finite
 
   def single(self, layer, variables, batch):
     """Dispatches one checkpoint's maps at `layer` -> ({method: maps [B, h, w]}, finite)."""
-    program = cam.program(self.model, (layer,), self.requests, False, "unroll")
-    out, finite = program(variables, batch["image"], batch["weights"],
-                          self._dynamic_of(batch["image"]))
+    out, finite = self.program(layer, False)(variables, batch["image"], batch["weights"],
+                                             self.dynamic(layer, batch))
     return {m: r.maps for m, r in out.items()}, finite
 
 
@@ -201,7 +221,7 @@ def pair_dispatch(stage, tl_vars, ft_vars, faithfulness: bool = False):
   "faithfulness" (`faithfulness_stage.COLUMNS`: each checkpoint's maps scored on its own
   model, upsampled on the layer's placement grid, against the true class)."""
   programs = {layer: pair_program(
-      tuple(stage.config.methods), hashable(stage.placement[layer]),
+      stage.methods_at(layer), hashable(stage.placement[layer]),
       float(stage.config.pointing_tolerance * stage.size), stage.lesion)
       for layer in stage.layers}
   drifts = {layer: drift_program(stage.placement[layer], stage.mesh)
@@ -235,8 +255,9 @@ def pair_dispatch(stage, tl_vars, ft_vars, faithfulness: bool = False):
 def device_batches(host_batches, mesh, num_classes: int, clock: StageClock, prefetch: int = 2):
   """Yields (host batch, device batch) pairs, `prefetch` batches placed ahead.
 
-  The device batch holds "image", "weights" (one-hot targets [B, K]), "mask" and
-  "lesion_mask" when the split has one; ids, labels and indices stay on the host.
+  The device batch holds "image", "weights" (one-hot targets [B, K]), "mask", "index"
+  (int32 [B], the images' indices in the split: the random methods' keys) and
+  "lesion_mask" when the split has one; ids and labels stay on the host.
   """
   sharding = distributed.batch_sharding(mesh)
   queue = collections.deque()
@@ -248,7 +269,8 @@ def device_batches(host_batches, mesh, num_classes: int, clock: StageClock, pref
         if host is None:
           break
         weights = cam.checks.target_weights(host["label"], len(host["label"]), num_classes)
-        placed = {"image": host["image"], "weights": weights, "mask": host["mask"]}
+        placed = {"image": host["image"], "weights": weights, "mask": host["mask"],
+                  "index": np.asarray(host["index"], np.int32)}
         if "lesion_mask" in host:
           placed["lesion_mask"] = host["lesion_mask"]
         queue.append((host, jax.device_put(placed, sharding)))

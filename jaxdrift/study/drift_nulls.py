@@ -55,7 +55,7 @@ def nulls(stage, table, selected, collected) -> list[dict]:
     for layer in stage.layers:
       by_method, flag = out[layer]
       finite.append(flag)
-      for method in config.methods:
+      for method in stage.methods_at(layer):
         head[method, layer].append(results.subset(by_method[method]["drift"], keep))
         ft_maps[method, layer].append(by_method[method]["maps"]["tl"][keep])
 
@@ -67,7 +67,7 @@ def nulls(stage, table, selected, collected) -> list[dict]:
     noisy = np.asarray(metrics.nulls.perturb(images, perturb_key, config.perturbation_sigma))
   perturbation = {key: [] for key in stage.keys}
   chunk_refs = {layer: drift_device.padded_chunks(
-      {m: ft_maps[m, layer] for m in config.methods}, stage.batch_size)
+      {m: ft_maps[m, layer] for m in stage.methods_at(layer)}, stage.batch_size)
       for layer in stage.layers}
 
   def dispatch_noisy(host, batch):
@@ -77,14 +77,14 @@ def nulls(stage, table, selected, collected) -> list[dict]:
       maps, flag = stage.attribution.single(layer, stage.ft_vars, batch)
       drift = drift_device.drift_program(stage.placement[layer], stage.mesh)
       out[layer] = ({m: {"tl": drift(refs[m], maps[m], batch["mask"])}
-                     for m in config.methods}, flag)
+                     for m in stage.methods_at(layer)}, flag)
     return out
 
   def on_noisy(host, out):
     for layer in stage.layers:
       by_method, flag = out[layer]
       finite.append(flag)
-      for method in config.methods:
+      for method in stage.methods_at(layer):
         perturbation[method, layer].append(results.subset(by_method[method]["tl"],
                                                           host["mask"]))
 

@@ -13,15 +13,20 @@ Reads a workdir written by `jaxdrift.train.train` and writes beside it:
                             against the previous epoch ("previous")
   DIR/drift/aggregates.json summaries (count, invalid counts, mean, sd, median, IQR,
                             bootstrap CI) per method x layer x class, method comparisons,
-                            null baselines, localisation hit rates, TL/FT test metrics
-                            and, with faithfulness, the FT checkpoint's sanity checks
+                            null baselines, localisation hit rates, TL/FT test metrics,
+                            each method's cost per image ("cost", also printed before the
+                            long part) and, with faithfulness, the FT checkpoint's sanity
+                            checks
   DIR/drift/examples.npz    a few selected images per class with both maps, for figures
   DIR/drift/manifest.json   the DriftConfig that produced the files; a rerun with the same
                             configuration does nothing
 
   DIR/drift/timings.json    the stage's seconds: compile, input, device, host, write, total
 
-The test split runs once through both checkpoints per layer: the program of
+CAM methods give a map at each layer; input-resolution methods (occlusion, RISE, integrated
+gradients, SmoothGrad) one map per image at the layer "input", one cell per pixel (see
+`drift_methods` for their options and keys). The test split runs once through both
+checkpoints per layer: the program of
 `jd.cam.compute_pair` returns the logits (so the predictions) and every method's maps, and
 the metrics, the localisation and the nulls run on the device too, batch by batch, with the
 host one batch behind (`drift_device`). Per-epoch checkpoints are restored ahead in a
@@ -35,6 +40,7 @@ game allows a tolerance of 15 px at 224 (Zhang et al.), scaled to the input size
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import math
 import numbers
 import pathlib
@@ -47,7 +53,8 @@ import numpy as np
 
 from jaxdrift import cam, data, models, train
 from jaxdrift.metrics import stats
-from jaxdrift.study import drift_device, drift_nulls, epoch_drift, faithfulness_stage, results
+from jaxdrift.study import (drift_device, drift_methods, drift_nulls, epoch_drift,
+                            faithfulness_stage, results)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +62,7 @@ class DriftConfig:
   """Choices of the drift stage (stored in DIR/drift/manifest.json).
 
   Attributes:
-    methods: attribution methods (see `jaxdrift.cam.METHODS`).
+    methods: attribution methods (see `jaxdrift.cam.METHODS`; all but expected_gradients).
     layers: "canonical" (the last feature map, `default_cam_layer`), "last_conv" (the last
       Conv2D layer, what "seek the last conv" tools pick) or Keras layer names.
     selection: samples entering the statistics: "both" (true class = arg-max of both
@@ -77,6 +84,9 @@ class DriftConfig:
       run the sanity checks on the FT checkpoint (aggregates.json "sanity"); see
       docs/faithfulness.md.
     faithfulness_steps: perturbation steps of each deletion / insertion curve.
+    method_options: {method: {option: value}} over the stage's defaults for that method
+      (`drift_methods`: e.g. {"rise": {"n_masks": 1000}}, {"occlusion": {"size": 16}});
+      options of `jd.cam.compute`, no arrays.
   """
 
   methods: tuple = ("layercam", "gradcam++")
@@ -93,6 +103,7 @@ class DriftConfig:
   pointing_tolerance: float = 15 / 224
   faithfulness: bool = False
   faithfulness_steps: int = 50
+  method_options: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     """Raises ValueError naming a bad field, what it must be and what it is."""
@@ -109,6 +120,7 @@ class DriftConfig:
       if len(set(values)) < len(values):
         raise ValueError(f"{name} must name each entry once, got {list(values)}; drop the "
                          "repeated ones")
+    drift_methods.check_methods(self.methods, self.method_options)
     for name, choices in (("selection", tuple(_SELECTION_NEEDS)), ("epochs", ("final", "all"))):
       if getattr(self, name) not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -215,6 +227,10 @@ def _outputs(workdir: pathlib.Path, config: DriftConfig):
   if not config.faithfulness:  # the manifests of stages run before these options existed
     for name in ("faithfulness", "faithfulness_steps"):
       del manifest[name]
+  if config.method_options:  # as JSON reads it back (tuples become lists)
+    manifest["method_options"] = json.loads(json.dumps(config.method_options))
+  else:
+    del manifest["method_options"]
   return paths, manifest, out_dir / "manifest.json"
 
 
@@ -240,8 +256,8 @@ class Stage:
   tl_vars: dict
   ft_vars: dict
   run_config: dict
-  layers: list  # resolved Keras layer names
-  spec_of: dict  # resolved name -> the name asked for ("canonical", ...)
+  layers: list  # resolved Keras layer names, then "input" with input-resolution methods
+  spec_of: dict  # resolved name -> the name asked for ("canonical", ...; "input")
   placement: dict  # layer -> `metrics.drift` keywords (resolution, grid)
   source: Any
   mesh: Any
@@ -257,8 +273,15 @@ class Stage:
 
   @property
   def keys(self) -> list:
-    """(method, layer) pairs, method-major: the order of every per-map table."""
-    return [(m, l) for m in self.config.methods for l in self.layers]
+    """(method, layer) pairs, method-major: the order of every per-map table. A CAM method
+    has a map at every CAM layer, an input-resolution method at "input" only."""
+    cam_layers = [l for l in self.layers if l != drift_methods.INPUT]
+    return [(m, l) for m in self.config.methods
+            for l in drift_methods.layers_of(m, cam_layers)]
+
+  def methods_at(self, layer: str) -> tuple:
+    """The config's methods that give maps at `layer`, in the config's order."""
+    return tuple(m for m, l in self.keys if l == layer)
 
   def host_batches(self):
     """The split's batches on the host, in order, padded to the stage's batch size."""
@@ -286,18 +309,26 @@ def open_stage(workdir, config: DriftConfig, data_dir=None, clock=None) -> Stage
     size = run_config["input_size"]
     input_shape = (1, size, size, 3)
     shapes = models.layer_shapes(model, input_shape)
-    layers = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
+    resolved = [resolve_layer(model, input_shape, l, shapes) for l in config.layers]
+    spec_of = dict(zip(resolved, config.layers))
+    layers = resolved if any(not drift_methods.is_input_method(m)
+                             for m in config.methods) else []
+    if any(drift_methods.is_input_method(m) for m in config.methods):
+      layers.append(drift_methods.INPUT)
+      spec_of[drift_methods.INPUT] = drift_methods.INPUT
     source = data.load(run_config["data"], config.split,
                        data_dir=data_dir or run_config.get("data_dir"),
                        **run_config.get("data_options", {}))
     mesh = data.default_mesh()
     shards = mesh.shape["data"]
-    attribution = drift_device.Attribution(model, layers, config.methods,
-                                           run_config["num_classes"], mesh)
+    attribution = drift_device.Attribution(
+        model, layers, config.methods, run_config["num_classes"], mesh,
+        {m: drift_methods.options(m, size, config.method_options) for m in config.methods},
+        config.seed)
     tl_vars, ft_vars = attribution.place(tl_vars), attribution.place(ft_vars)
   return Stage(
       workdir=workdir, config=config, model=model, tl_vars=tl_vars, ft_vars=ft_vars,
-      run_config=run_config, layers=layers, spec_of=dict(zip(layers, config.layers)),
+      run_config=run_config, layers=layers, spec_of=spec_of,
       placement={layer: _placement(run_config["model_arch"], shapes, layer, size, config)
                  for layer in layers},
       source=source, mesh=mesh,
@@ -335,7 +366,7 @@ def collect(stage: Stage, progress: bool = False) -> Collected:
     for layer in stage.layers:
       by_method, flag = out[layer]
       finite.append(flag)
-      for method in config.methods:
+      for method in stage.methods_at(layer):
         cols = by_method[method]
         extra = cols["extra"]
         row = results.subset(cols["drift"], keep)
@@ -413,7 +444,7 @@ def host_statistics(stage: Stage, table: dict, manifest: dict) -> dict:
   out = {
       "arch": stage.run_config["arch"], "model_arch": stage.run_config["model_arch"],
       "config": manifest, "class_names": stage.run_config["class_names"],
-      "input_size": stage.size, "layers": dict(zip(config.layers, stage.layers)),
+      "input_size": stage.size, "layers": {stage.spec_of[l]: l for l in stage.layers},
       "summary": stats.summarize(table, metrics=metric_names, selection=config.selection,
                                  seed=config.seed),
       "method_tests": stats.compare_methods(table, metrics=metric_names,
@@ -440,11 +471,22 @@ def aggregate(statistics: dict, nulls: list, classification: dict, epochs=None,
 
 def sanity_checks(stage: Stage, collected: Collected) -> dict:
   """aggregates.json "sanity": `faithfulness_stage.sanity` on the FT checkpoint, with the
-  null images (the first `null_samples` images of the split) and their true classes."""
-  key = jax.random.fold_in(jax.random.key(stage.config.seed), _SANITY_STREAM)
-  return faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
-                                   collected.null_labels, stage.config.methods, stage.layers,
-                                   key=key, mesh=stage.mesh)
+  null images (the first `null_samples` images of the split) and their true classes, for
+  every (method, layer) of the stage with its options. RISE and SmoothGrad are left out
+  (listed under "skipped"): `jd.faithfulness.parameter_randomization` takes `key` for
+  its re-initialisation and cannot pass their mask / noise key on to `jd.cam`."""
+  config = stage.config
+  key = jax.random.fold_in(jax.random.key(config.seed), _SANITY_STREAM)
+  options = {m: drift_methods.options(m, stage.size, config.method_options)
+             for m in config.methods}
+  keys = [k for k in stage.keys if k[0] not in drift_methods.RANDOM_METHODS]
+  skipped = sorted({m for m, _ in stage.keys} & set(drift_methods.RANDOM_METHODS))
+  out = faithfulness_stage.sanity(stage.model, stage.ft_vars, collected.null_images,
+                                  collected.null_labels, config.methods, stage.layers,
+                                  key=key, mesh=stage.mesh, keys=keys, options=options)
+  if skipped:
+    out["skipped"] = skipped
+  return out
 
 
 _SANITY_STREAM = 22  # the sanity checks' own random stream, apart from the nulls' keys
@@ -453,6 +495,13 @@ _SANITY_STREAM = 22  # the sanity checks' own random stream, apart from the null
 def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
               progress: bool = True) -> dict:
   """Runs the drift stage on a training workdir (see the module docstring).
+
+  Args:
+    workdir: a training run's directory.
+    config: the stage's choices.
+    data_dir: TFDS data directory (default: the run's).
+    progress: print each method's cost per image (one line each, `drift_methods.cost_line`)
+      before the long part, and show a progress bar.
 
   Returns:
     {"samples": path, "aggregates": path, "examples": path, "epochs": path or None,
@@ -474,6 +523,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
   clock = drift_device.StageClock()
   with clock.watching_compiles():
     stage = open_stage(workdir, config, data_dir, clock)
+    with clock.part("host"):
+      cost = drift_methods.stage_costs(stage, progress)
     collected = collect(stage, progress)
     with clock.part("host"):
       table, selected = tabulate(stage, collected)
@@ -502,6 +553,7 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
       with clock.part("host"):
         aggregates = aggregate(statistics.result(), nulls, _classification(workdir), epochs,
                                sanity)
+        aggregates["cost"] = cost
     with clock.part("write"):
       results.write_json(aggregates, paths["aggregates"])
       results.write_json(manifest, done)
@@ -513,6 +565,8 @@ def run_drift(workdir, config: DriftConfig = DriftConfig(), *, data_dir=None,
 def _placement(arch, shapes, layer, size, config) -> dict:
   """`metrics.drift` keywords that put a layer's map on the input image: its resolution and,
   for a layer on the canonical feature map's grid, the network's cell centres."""
+  if layer == drift_methods.INPUT:  # one cell per pixel: the identity placement
+    return dict(resolution=(size, size), grid=drift_methods.INPUT_GRID)
   canonical = shapes[models.default_cam_layer(arch)].shape[1:3]
   on_grid = config.grid == "network" and shapes[layer].shape[1:3] == canonical
   return dict(resolution=(size, size), grid=models.cam_grid(arch, size) if on_grid else None)

@@ -60,9 +60,10 @@ def table(stage, samples: dict, maps: dict) -> dict:
   Returns:
     the epochs table: every drift metric per (epoch, reference, method, layer, image).
   """
-  config, clock = stage.config, stage.clock
+  clock = stage.clock
   epochs = sorted(int(e) for e in train.checkpoint.epochs_manager(stage.workdir).all_steps())
-  first = (samples["method"] == config.methods[0]) & (samples["layer"] == stage.layers[0])
+  method, layer = stage.keys[0]
+  first = (samples["method"] == method) & (samples["layer"] == layer)
   index, labels = samples["image"][first], samples["label"][first]  # the main pass's order
   tl_maps = {k: v["tl"] for k, v in maps.items()}
   known = [tl_maps, {k: v["ft"] for k, v in maps.items()}]
@@ -103,7 +104,7 @@ def _against(stage, layer, maps, references, mask):
   drift = drift_device.drift_program(stage.placement[layer], stage.mesh)
   return {m: {"map": maps[m], **{name: drift(ref[m], maps[m], mask)
                                  for name, ref in references.items()}}
-          for m in stage.config.methods}
+          for m in stage.methods_at(layer)}
 
 
 def _gather(stage, parts):
@@ -132,7 +133,7 @@ def _refs_of_batch(stage, refs, rows, keep):
   out = {}
   for layer in stage.layers:
     merged = {}
-    for method in stage.config.methods:
+    for method in stage.methods_at(layer):
       for name, part in _rows(refs, (method, layer), rows, keep).items():
         merged.setdefault(name, {}).update(part)
     out[layer] = merged

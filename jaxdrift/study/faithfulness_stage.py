@@ -121,7 +121,8 @@ def _mean(values) -> float:
   return float(values[ok].mean()) if ok.any() else float("nan")
 
 
-def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None) -> dict:
+def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None, keys=None,
+           options=None) -> dict:
   """The sanity checks of one checkpoint (the drift stage runs them on FT), per method and
   attribution layer: cascading parameter randomisation and random-logit similarity.
 
@@ -131,6 +132,9 @@ def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None
     methods: `jd.cam` methods; layers: resolved Keras layer names of the maps.
     key: PRNG key (split into the re-initialisation key and the random classes' key).
     mesh: passed to `jd.cam.compute`.
+    keys: (method, layer) pairs to check instead of every method at every layer; layer
+      "input" for input-resolution methods (computed without a layer).
+    options: {method: `jd.cam.compute` options} (e.g. RISE's n_masks and key).
 
   Returns:
     {"images": n, "parameter_randomization": [{method, layer, randomised (["(none)", then
@@ -145,21 +149,24 @@ def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None
   # layers would compile the attribution program again after every layer randomised.
   variables = jax.device_put(jax.device_get(variables))
   randomization, logit, settings = [], [], None
-  for method in methods:
-    for layer in layers:
-      out = faithfulness.parameter_randomization(model, variables, images, targets, method,
-                                                 key=init_key, layer=layer, mesh=mesh)
-      settings = out["settings"]
-      both = np.isfinite(out["spearman"]) & np.isfinite(out["ssim"])
-      randomization.append(dict(
-          method=method, layer=layer, randomised=list(out["layers"]),
-          spearman=[_mean(row) for row in out["spearman"]],
-          ssim=[_mean(row) for row in out["ssim"]], n_finite=int(both.all(axis=0).sum())))
-      other = faithfulness.random_logit(model, variables, images, targets, method,
-                                        key=logit_key, layer=layer, mesh=mesh)
-      ok = np.isfinite(np.asarray(other["spearman"])) & np.isfinite(np.asarray(other["ssim"]))
-      logit.append(dict(method=method, layer=layer, spearman=_mean(other["spearman"]),
-                        ssim=_mean(other["ssim"]), n_finite=int(ok.sum())))
+  keys = [(m, l) for m in methods for l in layers] if keys is None else list(keys)
+  options = options or {}
+  for method, layer in keys:
+    opts = dict(options.get(method, {}))
+    at = None if layer == "input" else layer
+    out = faithfulness.parameter_randomization(model, variables, images, targets, method,
+                                               key=init_key, layer=at, mesh=mesh, **opts)
+    settings = out["settings"]
+    both = np.isfinite(out["spearman"]) & np.isfinite(out["ssim"])
+    randomization.append(dict(
+        method=method, layer=layer, randomised=list(out["layers"]),
+        spearman=[_mean(row) for row in out["spearman"]],
+        ssim=[_mean(row) for row in out["ssim"]], n_finite=int(both.all(axis=0).sum())))
+    other = faithfulness.random_logit(model, variables, images, targets, method,
+                                      key=logit_key, layer=at, mesh=mesh, **opts)
+    ok = np.isfinite(np.asarray(other["spearman"])) & np.isfinite(np.asarray(other["ssim"]))
+    logit.append(dict(method=method, layer=layer, spearman=_mean(other["spearman"]),
+                      ssim=_mean(other["ssim"]), n_finite=int(ok.sum())))
   return {"images": int(len(images)), "parameter_randomization": randomization,
           "random_logit": logit,
           "settings": {**(settings or {}), "method": list(methods), "checkpoint": "ft",
