@@ -17,6 +17,12 @@ defaults: lecun-normal convolution kernels, zero biases; BatchNorm scale 1, bias
 mean 0 and variance 1), with one `key` for the whole model, so a layer's random values do
 not depend on the order. Maps are compared at the attribution layer's resolution (raw maps,
 as `jd.cam.compute` returns them).
+
+On untrained networks and noise images, methods whose channel weights are non-negative at a
+global-average-pooling head (LayerCAM, Grad-CAM++) stay correlated after every layer is
+re-initialised: they follow the layer's activation energy sum_k A_k, whose pattern the zero
+padding sets in any random network. Grad-CAM's signed weights cancel it. The measurements
+and what they mean are in docs/faithfulness.md ("Sanity checks on untrained networks").
 """
 
 import functools
