@@ -17,6 +17,12 @@ defaults: lecun-normal convolution kernels, zero biases; BatchNorm scale 1, bias
 mean 0 and variance 1), with one `key` for the whole model, so a layer's random values do
 not depend on the order. Maps are compared at the attribution layer's resolution (raw maps,
 as `jd.cam.compute` returns them).
+
+On untrained networks and noise images, methods whose channel weights are non-negative at a
+global-average-pooling head (LayerCAM, Grad-CAM++) stay correlated after every layer is
+re-initialised: they follow the layer's activation energy sum_k A_k, whose pattern the zero
+padding sets in any random network. Grad-CAM's signed weights cancel it. The measurements
+and what they mean are in docs/faithfulness.md ("Sanity checks on untrained networks").
 """
 
 import functools
@@ -55,11 +61,26 @@ def init_variables(model, key, images):
   return _init_program(model)(key, jnp.asarray(images)[:1])
 
 
-def _replace(variables, fresh, name):
+def reinitialize(variables, fresh, names):
+  """`variables` with the named layers' variables taken from `fresh`.
+
+  Every collection that holds the layer is replaced: a convolution's or Dense layer's
+  kernel and bias, a BatchNorm's scale and bias ("params") AND its moving mean and variance
+  ("batch_stats"). With every name of `layer_order` the result is `fresh` itself.
+
+  Args:
+    variables: {"params", "batch_stats"} of the model under test (not modified).
+    fresh: freshly initialised variables of the same model (`init_variables`).
+    names: layer names (top-level keys of the collections).
+
+  Returns:
+    A new variable dict; the leaves are shared with the inputs, nothing is copied.
+  """
   out = dict(variables)
   for collection in ("params", "batch_stats"):
-    if name in variables.get(collection, {}):
-      out[collection] = {**variables[collection], name: fresh[collection][name]}
+    held = [n for n in names if n in variables.get(collection, {})]
+    if held:
+      out[collection] = {**variables[collection], **{n: fresh[collection][n] for n in held}}
   return out
 
 
@@ -115,7 +136,7 @@ def parameter_randomization(model, variables, images, targets, method, *, key,
   names, rows = ["(none)"], [similarity(original, compute(variables))]  # 1.0 unless the
   current = variables                                                  # maps are not repeatable
   for name in head_down:
-    randomised = _replace(current if order == "cascading" else variables, fresh, name)
+    randomised = reinitialize(current if order == "cascading" else variables, fresh, [name])
     if order == "cascading":
       current = randomised
     if name in record:

@@ -208,7 +208,10 @@ def _faithfulness_md(paired, runs) -> list:
   if rows:
     parts += ["Sanity checks on the FT checkpoint (Adebayo et al. 2018): mean similarity to "
               "the original maps (lower is better) with every layer re-initialised, head "
-              "down (cascading), and of the maps of a random other class.", "",
+              "down (cascading), and of the maps of a random other class. LayerCAM and "
+              "Grad-CAM++ stay similar (0.3-0.6) even between two untrained networks, "
+              "because they follow the activation energy; read them against Grad-CAM's row, "
+              "not against 0 (docs/faithfulness.md).", "",
               tables.markdown(["arch", "method", "layer", "randomised: Spearman",
                                "randomised: SSIM", "random logit: Spearman",
                                "random logit: SSIM"], rows), ""]

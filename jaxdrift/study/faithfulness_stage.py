@@ -121,6 +121,17 @@ def _mean(values) -> float:
   return float(values[ok].mean()) if ok.any() else float("nan")
 
 
+SANITY_READING = (
+    "Each row is for its own method and layer. Randomisation: mean similarity of the maps to "
+    "the original ones after re-initialising every layer from the head down to the named "
+    "one (the first entry, nothing randomised, is 1); maps that depend on the model fall "
+    "towards 0. Random logit: similarity to the maps of another class; low is better. "
+    "LayerCAM and Grad-CAM++ keep a mean Spearman of 0.26 to 0.60 even between two untrained "
+    "tiny ports on noise images (they follow the activation energy, which zero padding "
+    "shapes; docs/faithfulness.md): read their values against Grad-CAM's on the same "
+    "checkpoint, not against 0.")
+
+
 def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None, keys=None,
            options=None) -> dict:
   """The sanity checks of one checkpoint (the drift stage runs them on FT), per method and
@@ -140,7 +151,8 @@ def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None
     {"images": n, "parameter_randomization": [{method, layer, randomised (["(none)", then
     the layers re-initialised, head first]), spearman, ssim (means over images, one per
     entry of randomised), n_finite (images with a defined similarity after every layer)}],
-    "random_logit": [{method, layer, spearman, ssim, n_finite}], "settings": {...}}.
+    "random_logit": [{method, layer, spearman, ssim, n_finite}], "settings": {..., "reading":
+    `SANITY_READING`, how to read the numbers}}.
   """
   init_key, logit_key = jax.random.split(key)
   images, targets = np.asarray(images), np.asarray(targets)
@@ -171,4 +183,5 @@ def sanity(model, variables, images, targets, methods, layers, *, key, mesh=None
           "random_logit": logit,
           "settings": {**(settings or {}), "method": list(methods), "checkpoint": "ft",
                        "random_logit": "maps of (target + u) mod K, u uniform in 1..K-1",
-                       "mean": "over images with a finite similarity"}}
+                       "mean": "over images with a finite similarity",
+                       "reading": SANITY_READING}}
