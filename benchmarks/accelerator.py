@@ -5,8 +5,8 @@ each architecture on phantoms at a fixed small size, on whatever device is prese
 each time in a fresh subprocess with a fresh output directory and one shared persistent
 compilation cache (so that only the cache differs). Prints per architecture:
 
-  train/step tl, ft  training images/s of the best steady epoch (every epoch but the first
-                     of each phase, from metrics.jsonl) over the bare step's best round: the
+  train/step tl, ft  training images/s of the steady epochs (every epoch but the first of
+                     each phase, from metrics.jsonl) over the bare step's median round: the
                      loop's own jitted step (gather from the uint8 cache, augmentation and
                      preprocessing inside it, the train step) on one device-resident batch,
                      measured in the same process (the second run's)
@@ -90,15 +90,16 @@ def _enable_cache(path: str) -> None:
 
 
 def _steady_images_per_s(workdir: pathlib.Path) -> dict:
-  """{"tl": images/s, "ft": images/s}: the best steady epoch (every epoch but the first of
-  each phase, from metrics.jsonl), as the bare side takes its best round."""
+  """{"tl": images/s, "ft": images/s} over the steady epochs (every epoch but the first of
+  each phase, from metrics.jsonl): typical values, as the bare side's median round."""
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
              if line.strip()]
   out = {}
   for phase in ("tl", "ft"):
     epochs = [r for r in records if r.get("kind") == "epoch" and r.get("phase") == phase]
     steady = [r for r in epochs if r["epoch"] > 1] or epochs
-    out[phase] = max(r["images_per_s"] for r in steady)
+    images = sum(r["images_per_s"] * r["time_s"] for r in steady)
+    out[phase] = images / sum(r["time_s"] for r in steady)
   return out
 
 
@@ -150,7 +151,7 @@ def _bare_train_rates(config) -> dict:
     out[name] = run
   for fn in out.values():
     jax.block_until_ready(fn())
-  seconds = common.interleaved(out, rounds=5, statistic=min)  # best of, as the loop side
+  seconds = common.interleaved(out, rounds=5)  # the median round: a typical one, as an epoch
   return {name: _BARE_STEPS * n / s for name, s in seconds.items()}
 
 
