@@ -21,35 +21,12 @@ import pytest
 
 import jaxdrift as jd
 from jaxdrift import cli
-from jaxdrift import workdir as workdir_lib
 from jaxdrift.study import drift_methods, results
+from tests.workdir_fakes import two_checkpoint_workdir
 
-CLASSES = ["lobar_consolidation", "peripheral_ground_glass", "no_lesion",
-           "upper_lobe_nodules", "diffuse_bilateral"]
 SIZE = 64
 METHODS = ("layercam", "occlusion", "rise")
 OPTIONS = {"occlusion": {"size": 16, "stride": 16}, "rise": {"n_masks": 8, "s": 4}}
-
-
-def make_workdir(root: pathlib.Path, data_dir) -> pathlib.Path:
-  """config.json and TL / FT checkpoints of resnetv2_tiny at 64 px (two random inits, the
-  FT one a small step away from the TL one)."""
-  model_arch = "resnetv2_tiny"
-  model = jd.models.create(model_arch, len(CLASSES))
-  shape = np.zeros((1, SIZE, SIZE, 3), np.float32)
-  tl = jd.faithfulness.init_variables(model, jax.random.key(0), shape)
-  noise = jd.faithfulness.init_variables(model, jax.random.key(1), shape)
-  ft = jax.tree.map(lambda a, b: a + 0.3 * b, tl, noise)
-  workdir = root / "resnet50v2"
-  workdir_lib.write_config(workdir, {
-      "arch": "resnet50v2", "model_arch": model_arch, "reduced": True, "preset": "smoke",
-      "data": "phantoms/small", "data_options": {}, "data_dir": str(data_dir),
-      "input_size": SIZE, "num_classes": len(CLASSES), "class_names": CLASSES,
-      "dropout_rate": 0.0, "seed": 0})
-  for name, variables in (("tl", tl), ("ft", ft)):
-    jd.train.checkpoint.save_named(workdir, name, variables["params"],
-                                   variables["batch_stats"], {"phase": name})
-  return workdir
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +35,7 @@ def stage(tmp_path_factory):
   configuration on a copy of the workdir."""
   data_dir = tmp_path_factory.mktemp("tfds")
   jd.data.build("phantoms/small", data_dir=data_dir)
-  workdir = make_workdir(tmp_path_factory.mktemp("runs"), data_dir)
+  workdir = two_checkpoint_workdir(tmp_path_factory.mktemp("runs"), data_dir)
   copy = tmp_path_factory.mktemp("again") / "resnet50v2"
   shutil.copytree(workdir, copy)
   config = jd.study.DriftConfig(methods=METHODS, split="test[:8]", batch_size=8,

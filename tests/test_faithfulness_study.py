@@ -8,38 +8,15 @@ would add ~25 s; the stage does not care how the checkpoints were made).
 import functools
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 import jaxdrift as jd
 from jaxdrift.study import results
+from tests.workdir_fakes import two_checkpoint_workdir
 
 STEPS = 4
 METHODS = ("layercam",)  # one: a second method adds ~10 s of compiles
-CLASSES = ["lobar_consolidation", "peripheral_ground_glass", "no_lesion",
-           "upper_lobe_nodules", "diffuse_bilateral"]
-
-
-def _workdir(root: pathlib.Path, data_dir) -> pathlib.Path:
-  """config.json and TL / FT checkpoints of resnetv2_tiny at 64 px (two random inits, the FT
-  one a small step away from the TL one, so the maps differ but stay related)."""
-  model_arch, size = "resnetv2_tiny", 64
-  model = jd.models.create(model_arch, len(CLASSES))
-  shape = np.zeros((1, size, size, 3), np.float32)  # the init program the sanity checks use
-  tl = jd.faithfulness.init_variables(model, jax.random.key(0), shape)
-  noise = jd.faithfulness.init_variables(model, jax.random.key(1), shape)
-  ft = jax.tree.map(lambda a, b: a + 0.3 * b, tl, noise)
-  workdir = root / "resnet50v2"
-  jd.workdir.write_config(workdir, {
-      "arch": "resnet50v2", "model_arch": model_arch, "reduced": True, "preset": "smoke",
-      "data": "phantoms/small", "data_options": {}, "data_dir": str(data_dir),
-      "input_size": size, "num_classes": len(CLASSES), "class_names": CLASSES,
-      "dropout_rate": 0.0, "seed": 0})
-  for name, variables in (("tl", tl), ("ft", ft)):
-    jd.train.checkpoint.save_named(workdir, name, variables["params"],
-                                   variables["batch_stats"], {"phase": name})
-  return workdir
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +24,7 @@ def stage(tmp_path_factory):
   """The drift stage with faithfulness on 16 test images, then the report."""
   data_dir = tmp_path_factory.mktemp("tfds")
   jd.data.build("phantoms/small", data_dir=data_dir)
-  workdir = _workdir(tmp_path_factory.mktemp("runs"), data_dir)
+  workdir = two_checkpoint_workdir(tmp_path_factory.mktemp("runs"), data_dir)
   config = jd.study.DriftConfig(methods=METHODS, split="test[:16]", batch_size=8,
                                 null_samples=4, selection="all", examples_per_class=0,
                                 faithfulness=True, faithfulness_steps=STEPS)
