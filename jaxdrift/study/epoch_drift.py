@@ -4,9 +4,10 @@ and against the previous epoch (the drift stage's epochs.csv, and its summary).
 Each epoch's checkpoint is restored in a background thread while the previous one is being
 explained, and compared with the TL and FT checkpoints there (an epoch with their weights
 reuses their maps). An epoch checkpoint saved together with the TL or FT checkpoint (the
-same meta: phase, epoch, step, validation scores) is not restored at all. Per batch the device computes the epoch's maps and their drift against
-both references (`drift_device.drift_program`); the host keeps the native maps, the next
-epoch's "previous".
+same meta: phase, epoch, step, validation scores) is not restored at all. Per batch the
+device computes the epoch's maps and their drift against both references
+(`drift_device.drift_program`); the host keeps the native maps, the next epoch's
+"previous".
 """
 
 import concurrent.futures
