@@ -61,7 +61,8 @@ def nulls(stage, table, selected, collected) -> list[dict]:
 
   chunks = drift_device.padded_chunks(arrays, stage.batch_size)
   drift_device.run_batches(stage.device_batches(chunks),
-                           drift_device.pair_dispatch(stage, stage.ft_vars, random_head), on_head, clock)
+                           drift_device.pair_dispatch(stage, stage.ft_vars, random_head),
+                           on_head, clock)
   ft_maps = {k: np.concatenate(v) for k, v in ft_maps.items()}
   with clock.part("device"):
     noisy = np.asarray(metrics.nulls.perturb(images, perturb_key, config.perturbation_sigma))
