@@ -36,6 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+try:
+  from jax import enable_x64  # a context manager
+except ImportError:  # older jax
+  from jax.experimental import enable_x64
+
 METHODS = ("auto", "packed", "numpy", "xla")
 
 _POOL = None
@@ -240,7 +245,7 @@ def _packed_sort(x):
   """[N] float32 -> (ascending values [N], stable permutation [N] int32): one sort of
   (key << 32 | index) as 64-bit integers (module doc)."""
   keys = _float_keys(x)
-  with jax.enable_x64(True):
+  with enable_x64(True):
     index = lax.iota(jnp.uint64, x.shape[0])
     packed = jnp.sort((keys.astype(jnp.uint64) << 32) | index)
     perm = (packed & 0xFFFFFFFF).astype(jnp.int32)
