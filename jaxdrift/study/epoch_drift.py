@@ -34,12 +34,11 @@ def _same_variables(a, b) -> bool:
           and bool(_same_variables_on_device(a, b)))
 
 
-def _restore(stage, epoch, known, named_metas):
+def _restore(stage, manager, epoch, known, named_metas):
   """(variables placed on the mesh or None, index of the known checkpoint with the same
   weights or None); runs in the prefetch thread. `named_metas`: the metas of the known
   checkpoints (TL, FT); an epoch saved with one of them is that checkpoint."""
-  meta = train.checkpoint.read_epoch_meta(train.checkpoint.epochs_manager(stage.workdir),
-                                          int(epoch))
+  meta = train.checkpoint.read_epoch_meta(manager, int(epoch))
   for i, named in enumerate(named_metas):
     if named is not None and meta == named:
       return None, i
@@ -62,7 +61,8 @@ def table(stage, samples: dict, maps: dict) -> dict:
     the epochs table: every drift metric per (epoch, reference, method, layer, image).
   """
   clock = stage.clock
-  epochs = sorted(int(e) for e in train.checkpoint.epochs_manager(stage.workdir).all_steps())
+  manager = train.checkpoint.epochs_manager(stage.workdir)
+  epochs = sorted(int(e) for e in manager.all_steps())
   method, layer = stage.keys[0]
   first = (samples["method"] == method) & (samples["layer"] == layer)
   index, labels = samples["image"][first], samples["label"][first]  # the main pass's order
@@ -71,8 +71,8 @@ def table(stage, samples: dict, maps: dict) -> dict:
   columns, previous = [], None
   named_metas = [train.checkpoint.read_named_meta(stage.workdir, n) for n in ("tl", "ft")]
   with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdrift-restore") as pool:
-    restore = lambda e: pool.submit(_restore, stage, e, (stage.tl_vars, stage.ft_vars),
-                                    named_metas)
+    restore = lambda e: pool.submit(_restore, stage, manager, e,
+                                    (stage.tl_vars, stage.ft_vars), named_metas)
     ahead = restore(epochs[0]) if epochs else None
     for i, epoch in enumerate(epochs):
       with clock.part("input"):
